@@ -1,0 +1,40 @@
+# The two commands of the README: `make demo` and `make test`.
+# Both work on a fresh machine: they fetch uv from PyPI when it is missing,
+# create .venv from uv.lock, and build what the tests need.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+UV_VERSION := 0.13.9
+UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
+VENV := .venv
+PY := $(VENV)/bin/python
+export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
+
+.PHONY: demo test venv k8s-bins bench lint clean
+
+$(CURDIR)/.tools/bin/uv:
+	$(PYTHON) -m venv .tools
+	.tools/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(VENV)/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --all-groups
+	touch $@
+
+venv: $(VENV)/.synced
+
+# kube-apiserver, controller-manager, scheduler, kwok, helm and etcd, built or
+# fetched once per version into ~/.cache/modelcycle/k8s/<version>/.
+k8s-bins: venv
+	@if [ -x tools/k8s/build.sh ]; then tools/k8s/build.sh; fi
+
+demo: venv
+	$(VENV)/bin/modelcycle demo
+
+test: venv k8s-bins
+	$(PY) -m pytest
+
+bench: venv
+	$(PY) bench/pipeline.py
+
+clean:
+	rm -rf $(VENV) .tools .pytest_cache build dist
