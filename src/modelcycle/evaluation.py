@@ -99,8 +99,7 @@ def evaluate_set(model: TrainedModel, frame: pd.DataFrame, *, curves: bool = Tru
         return out
     proba = model.predict_proba(frame)
     pred = model.decide(proba)
-    classes = np.asarray(model.classes, dtype=object)
-    y = y.astype(object)
+    classes = np.asarray(model.classes)
     labels = [str(c) for c in classes]
     present = len(np.unique(y)) > 1
     if model.task == "binary_classification":
@@ -147,7 +146,7 @@ def choose_threshold(model: TrainedModel, frame: pd.DataFrame, spec: ProjectSpec
     cost = spec.goal.cost
     if spec.task != "binary_classification" or cost is None:
         return 0.5, None
-    y = (frame[model.target].to_numpy().astype(object) == model.classes[1]).astype(int)
+    y = (frame[model.target].to_numpy() == model.classes[1]).astype(int)
     score = model.predict_proba(frame)[:, 1]
     grid = np.unique(np.concatenate([np.linspace(0.0, 1.0, 101), np.quantile(score, np.linspace(0, 1, 201))]))
     positives = y.sum()

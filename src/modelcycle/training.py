@@ -185,7 +185,7 @@ class TrainedModel:
         return self.decide(proba)
 
     def decide(self, proba: np.ndarray) -> np.ndarray:
-        classes = np.asarray(self.classes, dtype=object)
+        classes = np.asarray(self.classes)
         if self.task == "binary_classification":
             return np.where(proba[:, 1] >= self.threshold, classes[1], classes[0])
         return classes[proba.argmax(axis=1)]

@@ -1,0 +1,397 @@
+"""The `modelcycle` command line: the lifecycle from a terminal.
+
+Exit codes, the same for every command:
+  0  done
+  1  an unexpected failure (the message says where)
+  2  bad usage or an invalid spec
+  3  the model was trained but failed a gate, and was registered as rejected
+  4  the data failed validation; nothing was trained or registered
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from modelcycle import __version__
+
+EXIT_FAILURE, EXIT_USAGE, EXIT_REJECTED, EXIT_INVALID_DATA = 1, 2, 3, 4
+DEFAULT_WORKDIR = Path(".modelcycle")
+EXAMPLE_DIR = Path(__file__).resolve().parents[2] / "examples" / "fraud"
+
+app = typer.Typer(
+    help="modelcycle: the machine-learning lifecycle, from spec to serving, on Kubernetes.\n\n" + __doc__.split("\n\n", 1)[1],
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+models_app = typer.Typer(help="Registered models: list, show, alias.", no_args_is_help=True)
+data_app = typer.Typer(help="Data versions and validation.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(data_app, name="data")
+
+console = Console()
+err = Console(stderr=True)
+
+SpecArg = Annotated[Path, typer.Argument(help="The project spec.", show_default=True)]
+WorkdirOpt = Annotated[Path, typer.Option("--workdir", "-w", help="Where data versions, runs and the registry live.")]
+RegistryOpt = Annotated[Optional[str], typer.Option("--registry", help="Registry path or fsspec URL [default: WORKDIR/registry].")]
+
+
+def _fail(message: str, code: int = EXIT_FAILURE) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _spec(path: Path):
+    from modelcycle.spec import SpecError, load_spec
+
+    try:
+        return load_spec(path)
+    except SpecError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+
+
+def _registry(registry: str | None, workdir: Path):
+    from modelcycle.registry import Registry
+
+    return Registry(registry or str(workdir / "registry"))
+
+
+@app.command()
+def version() -> None:
+    """Print the modelcycle version."""
+    console.print(__version__)
+
+
+@app.command()
+def init(
+    data: Annotated[Path, typer.Argument(help="A CSV or Parquet file with a sample of the data.")],
+    target: Annotated[str, typer.Option("--target", "-t", help="The column to predict.")],
+    name: Annotated[Optional[str], typer.Option(help="Project name [default: the file's name].")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the spec.")] = Path("modelcycle.yaml"),
+    force: Annotated[bool, typer.Option(help="Overwrite an existing spec.")] = False,
+) -> None:
+    """Write a starter spec from a data file: column kinds, task and candidates are guessed."""
+    import pandas as pd
+    import yaml
+
+    from modelcycle.data import DataError, read_source
+    from modelcycle.spec import DataSpec, parse_spec
+
+    if out.exists() and not force:
+        raise _fail(f"{out} exists; pass --force to overwrite it", EXIT_USAGE)
+    try:
+        frame = read_source(DataSpec(source=str(data.resolve()), target=target))
+    except DataError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    if target not in frame.columns:
+        raise _fail(f"--target: no column {target!r} in {data} (found: {', '.join(map(str, frame.columns))})", EXIT_USAGE)
+    y = frame[target]
+    n_classes = y.nunique()
+    task = "binary_classification" if n_classes == 2 else (
+        "multiclass_classification" if (not pd.api.types.is_float_dtype(y) and n_classes <= 20) else "regression")
+    numeric, categorical, dates, id_column, time_column = [], [], [], None, None
+    for col in frame.columns:
+        if col == target:
+            continue
+        s = frame[col]
+        if pd.api.types.is_datetime64_any_dtype(s):
+            dates.append(col)
+            time_column = time_column or col
+        elif pd.api.types.is_bool_dtype(s):
+            categorical.append(col)
+        elif pd.api.types.is_numeric_dtype(s):
+            numeric.append(col)
+        elif s.nunique() > 0.9 * len(s) and id_column is None:
+            id_column = col
+        else:
+            categorical.append(col)
+    classification = task != "regression"
+    spec = {
+        "name": re.sub(r"[^a-z0-9-]+", "-", (name or data.stem).lower()).strip("-")[:63] or "model",
+        "task": task,
+        "goal": {"description": "Say what the model is for, and what a mistake costs.",
+                 "primary": {"metric": "roc_auc", "min": 0.75} if classification else {"metric": "r2", "min": 0.5}},
+        "data": {"source": str(data), "target": target, **({"id_column": id_column} if id_column else {}),
+                 **({"time_column": time_column} if time_column else {})},
+        "features": {"numeric": numeric, "categorical": categorical, "datetime": dates},
+        "split": {"strategy": "stratified" if classification else "random", "test_size": 0.2},
+        "training": {"cv_folds": 3, "search_iterations": 6, "candidates": [
+            {"algorithm": "logistic_regression" if classification else "ridge",
+             "search_space": {"C" if classification else "alpha": {"loguniform": [0.01, 10]}}},
+            {"algorithm": "random_forest", "search_space": {"max_depth": [6, 10, None], "min_samples_leaf": [1, 5, 20]}},
+            {"algorithm": "hist_gradient_boosting", "search_space": {"learning_rate": {"loguniform": [0.03, 0.3]}}},
+        ]},
+        "budget": {"max_latency_ms_p95": 50, "max_artifact_mb": 100},
+    }
+    if task == "multiclass_classification":
+        spec["goal"]["primary"] = {"metric": "f1", "min": 0.6}
+    parse_spec(spec, source=str(out))  # what we write must load
+    out.write_text(yaml.safe_dump(spec, sort_keys=False))
+    console.print(f"wrote {out}: task [b]{task}[/], {len(numeric)} numeric, {len(categorical)} categorical, "
+                  f"{len(dates)} datetime column(s). Review the goal's thresholds, then run [b]modelcycle run {out}[/].")
+
+
+class _PhaseProgress:
+    """A stdout stand-in: keeps kfp.local's output in the log file and turns its task lines
+    into a rich status line per phase (kfp.local replaces the root logger's handlers, so
+    its stdout is the one place to listen)."""
+
+    _start = re.compile(r"Executing task .*?'(?P<task>[\w-]+)'")
+    _end = re.compile(r"Task .*?'(?P<task>[\w-]+)'.* finished with status .*?(?P<status>SUCCESS|FAILURE)")
+    _color = re.compile(r"\x1b\[[0-9;]*m")
+
+    def __init__(self, status, log, out: Console) -> None:
+        self.status = status
+        self.out = out
+        self.log = log
+        self.running: dict[str, int] = {}
+        self._partial = ""
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            self._line(self._color.sub("", line))
+        return len(text)
+
+    def flush(self) -> None:
+        self.log.flush()
+
+    def _line(self, text: str) -> None:
+        if m := self._start.search(text):
+            self.running[m["task"]] = self.running.get(m["task"], 0) + 1
+        elif m := self._end.search(text):
+            self.running[m["task"]] = self.running.get(m["task"], 1) - 1
+            mark = "[green]✓[/]" if m["status"] == "SUCCESS" else "[red]✗[/]"
+            self.out.print(f"  {mark} {m['task']}")
+        else:
+            return
+        busy = [t if n == 1 else f"{t} ×{n}" for t, n in self.running.items() if n > 0]
+        self.status.update(f"running {', '.join(busy)}" if busy else "working")
+
+
+def _run(spec_path: Path, workdir: Path, registry: str | None) -> None:
+    from modelcycle.pipelines import run_local
+    from modelcycle.registry import parse_model_ref
+
+    spec = _spec(spec_path)
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_path = workdir / "last-run.log"
+    console.print(f"[b]{spec.name}[/]: {spec.task}, {len(spec.training.candidates)} candidate(s), "
+                  f"primary {spec.goal.primary.metric}; running the pipeline locally (kfp.local)")
+    screen = Console(file=sys.stdout)  # the terminal, before stdout is redirected to the log
+    with screen.status("starting") as status, open(log_path, "w") as log:
+        progress = _PhaseProgress(status, log, screen)
+        try:
+            with contextlib.redirect_stdout(progress), contextlib.redirect_stderr(log):
+                result = run_local(spec_path, workdir=workdir, registry_uri=registry)
+        except RuntimeError as exc:
+            tail = log_path.read_text().splitlines()
+            reason = _failure_reason(tail)
+            code = EXIT_INVALID_DATA if "data validation failed" in reason else EXIT_FAILURE
+            raise _fail(f"{_PhaseProgress._color.sub('', str(exc))}\n{reason}\nfull log: {log_path}", code) from None
+    name, ref = parse_model_ref(result.model_version)
+    version = _registry(registry, workdir).get(name, ref)
+    _print_version(version)
+    console.print(f"\nreport:   {result.report}\nregistry: {registry or workdir / 'registry'}\n"
+                  f"log:      {log_path}\ntook {result.seconds:.1f} s")
+    if version.status == "rejected":
+        raise typer.Exit(EXIT_REJECTED)
+
+
+def _failure_reason(lines: list[str]) -> str:
+    """The last exception of the failed task, out of the kfp log: its first line and the
+    indented lines that follow it, up to the first blank one."""
+    lines = [_PhaseProgress._color.sub("", line).strip() for line in lines]
+    for i in range(len(lines) - 1, -1, -1):
+        if re.match(r"^[\w.]+(Error|Exception): ", lines[i]):
+            j = i
+            while j + 1 < len(lines) and lines[j + 1]:
+                j += 1
+            return "\n".join(lines[i : j + 1])
+    return ""
+
+
+@app.command()
+def run(
+    spec: SpecArg = Path("modelcycle.yaml"),
+    workdir: WorkdirOpt = DEFAULT_WORKDIR,
+    registry: RegistryOpt = None,
+) -> None:
+    """Run the training pipeline locally (kfp.local): ingest, validate, train, evaluate, register."""
+    _run(spec, workdir, registry)
+
+
+@app.command()
+def demo(
+    workdir: WorkdirOpt = DEFAULT_WORKDIR,
+    rows: Annotated[int, typer.Option(help="Rows of example data to generate.")] = 20_000,
+) -> None:
+    """Generate the bundled fraud example's data and run the whole pipeline on it."""
+    import importlib.util
+
+    spec_path = EXAMPLE_DIR / "modelcycle.yaml"
+    data_path = EXAMPLE_DIR / "data" / "transactions.parquet"
+    if not spec_path.exists():
+        raise _fail(f"the example is not here: {spec_path} (run demo from a checkout)")
+    if not data_path.exists():
+        module_spec = importlib.util.spec_from_file_location("fraud_generate", EXAMPLE_DIR / "generate.py")
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+        frame = module.generate(rows)
+        data_path.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_parquet(data_path.with_suffix(".tmp"), index=False)
+        data_path.with_suffix(".tmp").replace(data_path)
+        console.print(f"generated {len(frame):,} example transactions in {data_path}")
+    _run(spec_path, workdir, None)
+
+
+@app.command("compile")
+def compile_(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the IR YAML.")] = Path("modelcycle-pipeline.yaml"),
+) -> None:
+    """Compile the training pipeline to Kubeflow Pipelines IR YAML, for the Kubeflow UI."""
+    from modelcycle.pipelines import compile_pipeline
+
+    path = compile_pipeline(out)
+    console.print(f"wrote {path}; upload it in the Kubeflow Pipelines UI and pass your spec as [b]spec_yaml[/].")
+
+
+@data_app.command("validate")
+def data_validate(
+    data: Annotated[Path, typer.Argument(help="A CSV or Parquet file to check.")],
+    spec: Annotated[Path, typer.Option("--spec", "-s", help="The project spec.")] = Path("modelcycle.yaml"),
+    workdir: WorkdirOpt = DEFAULT_WORKDIR,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Check a data file against the schema of the latest data version (or the spec's rules)."""
+    from modelcycle.data import DataError, DataStore, read_source
+    from modelcycle.lifecycle import SCHEMA_FILE
+    from modelcycle.validation import DataSchema, infer_schema, validate
+
+    project = _spec(spec)
+    try:
+        frame = read_source(project.data.model_copy(update={"source": str(data.resolve()), "format": "auto"}))
+    except DataError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    store = DataStore(workdir / "data")
+    schema, against = None, "the spec's rules (no data version has a schema yet)"
+    for version in reversed(store.versions()):
+        if text := store.attachment(version.id, SCHEMA_FILE):
+            schema, against = DataSchema.model_validate_json(text), f"data version {version.short_id}"
+            break
+    schema = schema or infer_schema(frame, project)
+    report = validate(frame, schema, include_target=project.data.target in frame, id_column=project.data.id_column)
+    if as_json:
+        console.print_json(report.model_dump_json())
+    else:
+        console.print(f"checked {data} against {against}")
+        table = Table("severity", "column", "check", "rows", "examples")
+        for issue in report.issues:
+            examples = ", ".join(f"row {e.row}" + (f"={e.value}" if e.value is not None else "") for e in issue.examples)
+            table.add_row(f"[{'red' if issue.severity == 'error' else 'yellow'}]{issue.severity}[/]",
+                          issue.column or "-", issue.check, str(issue.count), examples)
+        if report.issues:
+            console.print(table)
+        console.print(f"{report.rows:,} rows: {len(report.errors)} error(s), {len(report.warnings)} warning(s)")
+    if not report.ok:
+        raise typer.Exit(EXIT_INVALID_DATA)
+
+
+def _print_version(v) -> None:
+    color = "green" if v.status == "candidate" else "red"
+    console.print(f"\n[b]{v.name}@{v.version}[/]  status [{color}]{v.status}[/]  aliases {', '.join(v.aliases) or '-'}")
+    table = Table("gate", "value", "needs", "result", box=None)
+    for g in v.gates:
+        value = "n/a" if g.value is None else f"{g.value:.4g}"
+        table.add_row(g.name, value, f"{g.op} {g.threshold:g}", "[green]PASS[/]" if g.passed else "[red]FAIL[/]")
+    console.print(table)
+
+
+@models_app.command("list")
+def models_list(workdir: WorkdirOpt = DEFAULT_WORKDIR, registry: RegistryOpt = None) -> None:
+    """Every registered version of every model."""
+    reg = _registry(registry, workdir)
+    table = Table("model", "version", "status", "aliases", "algorithm", "created", "sha256")
+    for name in reg.models():
+        for v in reg.versions(name):
+            table.add_row(name, str(v.version), v.status, ", ".join(v.aliases), str(v.params.get("algorithm", "")),
+                          v.created_at.strftime("%Y-%m-%d %H:%M"), v.sha256[:12])
+    console.print(table)
+
+
+@models_app.command("show")
+def models_show(
+    ref: Annotated[str, typer.Argument(help="name, name@version or name@alias")],
+    workdir: WorkdirOpt = DEFAULT_WORKDIR,
+    registry: RegistryOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the version as JSON.")] = False,
+) -> None:
+    """One model version: lineage, gates, metrics."""
+    from modelcycle.registry import parse_model_ref
+
+    name, version_ref = parse_model_ref(ref)
+    try:
+        v = _registry(registry, workdir).get(name, version_ref)
+    except KeyError as exc:
+        raise _fail(str(exc.args[0] if exc.args else exc), EXIT_USAGE) from None
+    if as_json:
+        console.print_json(v.model_dump_json())
+        return
+    _print_version(v)
+    console.print("\n[b]lineage[/]")
+    for key, value in v.lineage.model_dump().items():
+        console.print(f"  {key}: {value}")
+    console.print(f"  artifact: {v.artifact_uri} ({v.size_bytes / 1e6:.2f} MB, sha256 {v.sha256})")
+    console.print("\n[b]metrics[/]")
+    for key, value in sorted(v.metrics.items()):
+        console.print(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
+    console.print(f"\n[b]params[/] {json.dumps(v.params)}")
+
+
+@models_app.command("alias")
+def models_alias(
+    ref: Annotated[str, typer.Argument(help="name@version")],
+    alias: Annotated[str, typer.Argument(help="champion, challenger, or any label")],
+    workdir: WorkdirOpt = DEFAULT_WORKDIR,
+    registry: RegistryOpt = None,
+    remove: Annotated[bool, typer.Option("--remove", help="Remove the alias instead.")] = False,
+) -> None:
+    """Point an alias at a version (or remove it)."""
+    from modelcycle.registry import RegistryError, parse_model_ref
+
+    name, version_ref = parse_model_ref(ref)
+    reg = _registry(registry, workdir)
+    try:
+        if remove:
+            reg.remove_alias(name, alias)
+            console.print(f"removed {name}@{alias}")
+            return
+        v = reg.get(name, version_ref)
+        reg.set_alias(name, alias, v.version)
+    except (RegistryError, KeyError, ValueError) as exc:
+        raise _fail(str(exc.args[0] if exc.args else exc), EXIT_USAGE) from None
+    console.print(f"{name}@{alias} -> version {v.version}")
+
+
+def main() -> None:  # pragma: no cover - console entry
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,115 @@
+"""The training pipeline, composed of the phase components, for Kubeflow and for `kfp.local`.
+
+    plan ─┐
+    ingest ─ validate ─ train × N (ParallelFor, one pod per candidate) ─ evaluate ─ register
+
+`compile_pipeline` writes the IR YAML that the Kubeflow Pipelines UI uploads.
+`run_local` runs the very same pipeline here through `kfp.local`'s SubprocessRunner, the
+embedded default: each task is a subprocess of the current interpreter, artifacts live
+under the run folder, and so do the temporary folders kfp makes (TMPDIR is pointed there).
+"""
+
+
+import json
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+from kfp import compiler, dsl, local
+from kfp.dsl import HTML
+
+from modelcycle import components as c
+
+PIPELINE_NAME = "modelcycle-training"
+
+
+class TrainingOutputs(NamedTuple):
+    model_version: str
+    report: HTML
+
+
+@dsl.pipeline(name=PIPELINE_NAME, description="Ingest, validate, train candidates, evaluate against the spec's gates, register.")
+def training_pipeline(
+    spec_yaml: str,
+    base_dir: str = "/data",
+    store_uri: str = "/data/.modelcycle/data",
+    registry_uri: str = "/data/.modelcycle/registry",
+) -> TrainingOutputs:
+    ingested = c.ingest(spec_yaml=spec_yaml, base_dir=base_dir, store_uri=store_uri).set_display_name("ingest")
+    validated = c.validate(
+        spec_yaml=spec_yaml, base_dir=base_dir, store_uri=store_uri, data_version=ingested.outputs["Output"]
+    ).set_display_name("validate")
+    planned = c.plan(spec_yaml=spec_yaml).set_display_name("plan candidates")
+    with dsl.ParallelFor(planned.output, name="candidates") as candidate:
+        trained = c.train(spec_yaml=spec_yaml, data=ingested.outputs["data"], candidate=candidate)
+        trained.after(validated).set_display_name("train candidate")
+    evaluated = c.evaluate(
+        spec_yaml=spec_yaml,
+        data=ingested.outputs["data"],
+        schema=validated.outputs["schema"],
+        candidates=dsl.Collected(trained.outputs["model"]),
+    ).set_display_name("evaluate and select")
+    registered = c.register(
+        spec_yaml=spec_yaml,
+        registry_uri=registry_uri,
+        data=ingested.outputs["data"],
+        schema=validated.outputs["schema"],
+        best_model=evaluated.outputs["best_model"],
+        evaluation=evaluated.outputs["evaluation"],
+    ).set_display_name("register")
+    return TrainingOutputs(model_version=registered.output, report=evaluated.outputs["report"])
+
+
+def compile_pipeline(path: str | Path) -> Path:
+    """Write the pipeline's IR YAML, the file the Kubeflow Pipelines UI uploads."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(training_pipeline, package_path=str(path))
+    return path
+
+
+@dataclass
+class LocalRun:
+    model_version: str
+    report: Path
+    run_dir: Path
+    seconds: float
+
+
+def run_local(spec_path: str | Path, *, workdir: str | Path = ".modelcycle", registry_uri: str | None = None) -> LocalRun:
+    """Run the training pipeline here with kfp.local; raise RuntimeError naming the failed task."""
+    spec_path = Path(spec_path).resolve()
+    workdir = Path(workdir).resolve()
+    run_dir = workdir / "runs" / time.strftime("%Y%m%d-%H%M%S")
+    tmp = run_dir / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    previous_tmp = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(tmp)  # kfp.local leaves a folder per task in TMPDIR
+    started = time.perf_counter()
+    try:
+        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir / "artifacts"))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+            task = training_pipeline(
+                spec_yaml=spec_path.read_text(),
+                base_dir=str(spec_path.parent),
+                store_uri=str(workdir / "data"),
+                registry_uri=registry_uri or str(workdir / "registry"),
+            )
+    finally:
+        if previous_tmp is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = previous_tmp
+    seconds = time.perf_counter() - started
+    report = run_dir / "report.html"
+    shutil.copyfile(task.outputs["report"].path, report)
+    result = LocalRun(model_version=task.outputs["model_version"], report=report, run_dir=run_dir, seconds=seconds)
+    (run_dir / "result.json").write_text(json.dumps({
+        "model_version": result.model_version, "report": str(report), "seconds": seconds,
+    }, indent=2))
+    return result
