@@ -28,6 +28,8 @@ CHANNELS = ["pos", "online", "atm"]
 COUNTRIES = ["US", "GB", "DE", "FR", "ES", "NL", "BR", "NG", "RU", "CN"]
 COUNTRY_P = [0.55, 0.12, 0.08, 0.07, 0.05, 0.04, 0.03, 0.02, 0.02, 0.02]
 COUNTRY_RISK = dict(zip(COUNTRIES, [-0.3, -0.2, -0.2, -0.1, 0.0, -0.1, 0.6, 1.2, 1.0, 0.7]))
+#: How strongly the features drive fraud, and the base rate's log-odds: about 2% fraud, ROC-AUC about 0.9.
+SIGNAL, INTERCEPT = 2.0, -7.6
 
 
 def generate(rows: int = 20_000, *, seed: int = 7, drift: float = 0.0,
@@ -55,9 +57,8 @@ def generate(rows: int = 20_000, *, seed: int = 7, drift: float = 0.0,
     tx_last_24h = rng.poisson(2.0, rows)
     distance_km = rng.exponential(25, rows).round(1)
 
-    risk = (
-        -5.2
-        + 0.55 * np.log1p(amount) - 0.55 * 3.4
+    risk = INTERCEPT + SIGNAL * (
+        0.55 * np.log1p(amount) - 0.55 * 3.4
         + np.array([MERCHANT_RISK.get(m, 1.5) for m in merchant])
         + np.array([COUNTRY_RISK[c] for c in country])
         + np.where(channel == "online", 0.8, np.where(channel == "atm", 0.4, -0.3))

@@ -77,7 +77,12 @@ def _curve(ev: Evaluation, key: str, x: str, y: str, title: str, diagonal: bool 
         plt.close(fig)
         return None
     if diagonal:
-        ax.plot([0, 1], [0, 1], ls="--", color="#bbb", lw=1)
+        top = 1.0
+        if key == "calibration":  # rare-event scores crowd near 0: zoom to where they are
+            top = min(1.0, 1.1 * max(max(getattr(s, key)[x] + getattr(s, key)[y]) for s in ev.sets.values() if getattr(s, key)))
+            ax.set_xlim(0, top)
+            ax.set_ylim(0, top)
+        ax.plot([0, top], [0, top], ls="--", color="#bbb", lw=1)
     ax.set_xlabel({"fpr": "false positive rate", "tpr": "true positive rate"}.get(x, x))
     ax.set_ylabel({"fpr": "false positive rate", "tpr": "true positive rate"}.get(y, y))
     ax.set_title(title)
