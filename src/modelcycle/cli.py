@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from modelcycle import __version__
+from modelcycle.cluster.cli import cluster_app
 
 EXIT_FAILURE, EXIT_USAGE, EXIT_REJECTED, EXIT_INVALID_DATA = 1, 2, 3, 4
 DEFAULT_WORKDIR = Path(".modelcycle")
@@ -37,6 +38,7 @@ models_app = typer.Typer(help="Registered models: list, show, alias.", no_args_i
 data_app = typer.Typer(help="Data versions and validation.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
+app.add_typer(cluster_app, name="cluster")
 
 console = Console()
 err = Console(stderr=True)
