@@ -1,0 +1,482 @@
+"""The prediction log records every request the gateway served, with both models' answers.
+
+The log is a directory of append-only JSON Lines *segments*. The writer holds one segment
+open and starts a new one when the open segment reaches `max_segment_bytes` or becomes
+`max_segment_age_s` old. A segment is never reopened: a restarted writer starts a new one.
+Readers may read the directory at any time, including the segment being written. Only
+newline-terminated lines count; an unterminated tail is a write in progress or torn by a
+crash, and is skipped.
+
+Each line is one entry, told apart by ``type``:
+
+``request``
+    Written as soon as production has answered::
+
+        {"type": "request", "request_id": "9f1c...", "ts": 1764000000.123,
+         "records": [{"amount": 12.5, ...}],
+         "production": {"model": "fraud", "version": "3", "predictions": [0],
+                        "probabilities": [{"0": 0.9, "1": 0.1}], "latency_ms": 1.8,
+                        "status": 200, "error": null},
+         "mirrored": true, "shadow": null, "shadow_reason": "pending"}
+
+    ``mirrored`` says whether the request fell in the mirror sample. When the shadow's
+    fate is already known (not sampled, mirror dropped because the queue was full, no
+    shadow configured) it is given here in ``shadow_reason``; otherwise the reason is
+    ``"pending"`` and a ``shadow`` entry follows.
+``shadow``
+    Written when the shadow call finished, failed or timed out, or when the gateway shut
+    down before sending it::
+
+        {"type": "shadow", "request_id": "9f1c...", "ts": ..., "shadow": {... same keys
+         as "production" ...}, "shadow_reason": null}
+
+    A shadow call that got no HTTP answer (timeout, connection refused) is still a
+    ``shadow`` object, with ``status`` null, the cause in ``error`` and the time waited in
+    ``latency_ms``; ``shadow`` is null only when no call was made, with the reason.
+``feedback``
+    The true label, sent after the fact::
+
+        {"type": "feedback", "request_id": "9f1c...", "ts": ..., "label": 1, "row": null}
+
+    ``row`` null labels every row of the request (the usual single-record case); a number
+    labels that row of a batch. The latest feedback for a row wins.
+
+Two entries per mirrored request, rather than one written when the shadow is done, keep the
+production side readable at once and keep pending requests out of the gateway's memory.
+`read_prediction_log` joins them, and the feedback, into one row per prediction.
+
+Durability policy. Entries are buffered in memory and a background thread writes and
+fsyncs them every `flush_interval_s` (sooner when `max_buffered_entries` wait). A crash or
+SIGKILL therefore loses at most the entries of the last flush interval, plus the shadow
+answers still in flight (their requests read back with ``shadow_reason == "pending"``).
+`PredictionLogWriter.close` writes and fsyncs everything, so a clean shutdown (the gateway's
+SIGTERM handler) loses nothing. When a write fails (disk full) the entries stay buffered
+and are retried in a fresh segment at the next flush; the ones that had been written before
+the failure then appear twice, and `read_prediction_log` keeps one of each.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypedDict
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "COLUMNS",
+    "LogFormatError",
+    "PredictionLogSettings",
+    "PredictionLogWriter",
+    "UpstreamAnswer",
+    "iter_log_entries",
+    "read_prediction_log",
+    "segment_paths",
+]
+
+logger = logging.getLogger(__name__)
+
+SEGMENT_PREFIX = "predictions-"
+SEGMENT_SUFFIX = ".jsonl"
+
+
+class LogFormatError(ValueError):
+    """A complete line in a segment is not a log entry: the log was edited or damaged."""
+
+
+class UpstreamAnswer(TypedDict):
+    """What one model server (production or shadow) answered to one request."""
+
+    model: str | None
+    version: str | None
+    predictions: list[Any] | None
+    probabilities: list[dict[str, float]] | None
+    latency_ms: float
+    status: int | None
+    """HTTP status, or None when no HTTP answer came (timeout, connection failure)."""
+    error: str | None
+
+
+class PredictionLogSettings(BaseModel):
+    """How the prediction log rotates its segments and how long entries wait in memory."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    max_segment_bytes: Annotated[int, Field(gt=0)] = 64 * 2**20
+    """Bytes after which a new segment starts. 64 MiB keeps a segment quick to read whole."""
+    max_segment_age_s: Annotated[float, Field(gt=0)] = 3600.0
+    """Seconds after which a new segment starts, so that old hours can be shipped or expired."""
+    flush_interval_s: Annotated[float, Field(gt=0)] = 1.0
+    """Longest time in seconds an entry waits in memory before it is written and fsynced: the
+    most a crash can lose. One fsync a second costs nothing measurable on the request path."""
+    max_buffered_entries: Annotated[int, Field(gt=0)] = 10_000
+    """Entries that trigger a flush before the interval is up, bounding memory under load."""
+
+
+class PredictionLogWriter:
+    """Appends entries to the prediction log in `log_dir`; thread-safe, never blocks on disk.
+
+    The `write_*` methods encode the entry and put it in a memory buffer; a daemon thread
+    writes and fsyncs the buffer every `settings.flush_interval_s`. Call `close` (or use the
+    writer as a context manager) to write everything before the process ends.
+    """
+
+    def __init__(
+        self,
+        log_dir: str | os.PathLike[str],
+        *,
+        settings: PredictionLogSettings | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.log_dir = Path(log_dir)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.settings = settings or PredictionLogSettings()
+        self._clock = clock
+        self._writer_id = uuid.uuid4().hex[:8]
+        self._sequence = 0
+        self._buffer: list[bytes] = []
+        self._buffer_lock = threading.Lock()
+        self._io_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closing = False
+        self._closed = False
+        self._fd: int | None = None
+        self._segment_opened_at = 0.0
+        self._segment_bytes = 0
+        self._segment_broken = False
+        self._flusher = threading.Thread(
+            target=self._flush_periodically, name="prediction-log-flusher", daemon=True
+        )
+        self._flusher.start()
+
+    def write_request(
+        self,
+        *,
+        request_id: str,
+        records: list[dict[str, Any]] | None,
+        production: UpstreamAnswer,
+        mirrored: bool,
+        shadow: UpstreamAnswer | None = None,
+        shadow_reason: str | None = None,
+        ts: float | None = None,
+    ) -> None:
+        """Log a request with production's answer; `shadow_reason="pending"` if a shadow
+        entry will follow."""
+        self._append(
+            {
+                "type": "request",
+                "request_id": request_id,
+                "ts": self._clock() if ts is None else ts,
+                "records": records,
+                "production": production,
+                "mirrored": mirrored,
+                "shadow": shadow,
+                "shadow_reason": shadow_reason,
+            }
+        )
+
+    def write_shadow(
+        self,
+        *,
+        request_id: str,
+        shadow: UpstreamAnswer | None,
+        shadow_reason: str | None = None,
+        ts: float | None = None,
+    ) -> None:
+        """Log the shadow's answer to a mirrored request, or the reason there is none."""
+        self._append(
+            {
+                "type": "shadow",
+                "request_id": request_id,
+                "ts": self._clock() if ts is None else ts,
+                "shadow": shadow,
+                "shadow_reason": shadow_reason,
+            }
+        )
+
+    def write_feedback(
+        self, *, request_id: str, label: Any, row: int | None = None, ts: float | None = None
+    ) -> None:
+        """Log the true label of a request (every row), or of one row of a batch."""
+        self._append(
+            {
+                "type": "feedback",
+                "request_id": request_id,
+                "ts": self._clock() if ts is None else ts,
+                "label": label,
+                "row": row,
+            }
+        )
+
+    def flush(self) -> None:
+        """Write and fsync every buffered entry now."""
+        with self._io_lock:
+            with self._buffer_lock:
+                lines, self._buffer = self._buffer, []
+            if not lines:
+                return
+            try:
+                self._write_lines(lines)
+            except OSError:
+                with self._buffer_lock:
+                    self._buffer[:0] = lines
+                self._segment_broken = True
+                raise
+
+    def close(self) -> None:
+        """Write and fsync everything, then close the open segment. Idempotent."""
+        if self._closed:
+            return
+        with self._buffer_lock:
+            self._closing = True
+        self._wake.set()
+        self._flusher.join()
+        self.flush()
+        with self._io_lock:
+            self._close_segment()
+        self._closed = True
+
+    def __enter__(self) -> PredictionLogWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _append(self, entry: dict[str, Any]) -> None:
+        line = json.dumps(entry, separators=(",", ":")).encode() + b"\n"
+        with self._buffer_lock:
+            if self._closing:
+                raise RuntimeError(f"the prediction log writer for {self.log_dir} is closed")
+            self._buffer.append(line)
+            full = len(self._buffer) >= self.settings.max_buffered_entries
+        if full:
+            self._wake.set()
+
+    def _flush_periodically(self) -> None:
+        while True:
+            self._wake.wait(self.settings.flush_interval_s)
+            self._wake.clear()
+            if self._closing:
+                return
+            try:
+                self.flush()
+            except OSError:
+                logger.exception("cannot write the prediction log in %s; will retry", self.log_dir)
+
+    def _write_lines(self, lines: list[bytes]) -> None:
+        """Write lines in order, rotating so that no segment grows past the size limit
+        (unless a single line is larger), then fsync the open segment."""
+        limit = self.settings.max_segment_bytes
+        chunk: list[bytes] = []
+        chunk_bytes = 0
+        for line in lines:
+            if self._fd is not None and self._segment_needs_rotation(pending=chunk_bytes, line=len(line)):
+                self._write_chunk(chunk)
+                chunk, chunk_bytes = [], 0
+                self._close_segment()
+            if self._fd is None:
+                self._open_segment()
+            chunk.append(line)
+            chunk_bytes += len(line)
+            if chunk_bytes >= limit:
+                self._write_chunk(chunk)
+                chunk, chunk_bytes = [], 0
+        self._write_chunk(chunk)
+        if self._fd is not None:
+            os.fsync(self._fd)
+
+    def _segment_needs_rotation(self, *, pending: int, line: int) -> bool:
+        """Whether `line` more bytes must go to a new segment, given `pending` bytes already
+        bound for the open one."""
+        if self._segment_broken:
+            return True
+        if self._clock() - self._segment_opened_at >= self.settings.max_segment_age_s:
+            return True
+        used = self._segment_bytes + pending
+        return used > 0 and used + line > self.settings.max_segment_bytes
+
+    def _write_chunk(self, chunk: list[bytes]) -> None:
+        if not chunk:
+            return
+        assert self._fd is not None
+        data = memoryview(b"".join(chunk))
+        while data:
+            written = os.write(self._fd, data)
+            self._segment_bytes += written
+            data = data[written:]
+
+    def _open_segment(self) -> None:
+        now = self._clock()
+        self._sequence += 1
+        stamp = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        name = f"{SEGMENT_PREFIX}{stamp}-{self._writer_id}-{self._sequence:06d}{SEGMENT_SUFFIX}"
+        self._fd = os.open(self.log_dir / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        self._segment_opened_at = now
+        self._segment_bytes = 0
+        self._segment_broken = False
+        # The new name must survive a crash too, not only the bytes written into it.
+        dir_fd = os.open(self.log_dir, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def _close_segment(self) -> None:
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def segment_paths(log_dir: str | os.PathLike[str]) -> list[Path]:
+    """The log's segment files, oldest first (names start with the UTC time they opened)."""
+    return sorted(Path(log_dir).glob(f"{SEGMENT_PREFIX}*{SEGMENT_SUFFIX}"))
+
+
+def iter_log_entries(log_dir: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    """Every complete entry of every segment, in write order within a segment.
+
+    An unterminated last line is skipped (being written, or torn by a crash), and so is a
+    terminated last line that does not parse (a torn write the OS padded). Any other line
+    that does not parse raises `LogFormatError` naming the file and line.
+    """
+    for path in segment_paths(log_dir):
+        lines = path.read_bytes().split(b"\n")
+        complete = lines[:-1]
+        for number, line in enumerate(complete, start=1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except ValueError as exc:
+                if number == len(complete):
+                    logger.warning("skipping a torn last line in %s", path)
+                    continue
+                raise LogFormatError(f"{path}:{number}: expected a JSON log entry, found {line[:80]!r} ({exc})") from exc
+            if not isinstance(entry, dict) or entry.get("type") not in ("request", "shadow", "feedback"):
+                raise LogFormatError(
+                    f"{path}:{number}: expected an object with type request, shadow or feedback, "
+                    f"found {line[:80]!r}"
+                )
+            yield entry
+
+
+COLUMNS = [
+    "request_id",
+    "row",
+    "ts",
+    "record",
+    "production_model",
+    "production_version",
+    "production_prediction",
+    "production_probabilities",
+    "production_latency_ms",
+    "production_status",
+    "production_error",
+    "mirrored",
+    "shadow_model",
+    "shadow_version",
+    "shadow_prediction",
+    "shadow_probabilities",
+    "shadow_latency_ms",
+    "shadow_status",
+    "shadow_error",
+    "shadow_reason",
+    "label",
+    "label_ts",
+]
+"""Columns of `read_prediction_log`. Latencies, statuses and errors belong to the request and
+repeat on each of its rows; use ``df.drop_duplicates("request_id")`` for per-request figures."""
+
+def read_prediction_log(log_dir: str | os.PathLike[str]) -> pd.DataFrame:
+    """The whole log as one row per prediction, with the shadow's answer and the label joined.
+
+    A batch request of n records gives n rows (``row`` 0..n-1); a request with no prediction
+    (an error) gives one row per input record, or one row. A shadow that has not answered yet
+    shows ``shadow_reason == "pending"``. ``ts`` and ``label_ts`` are UTC timestamps.
+    """
+    # Imported here: the gateway writes the log on its request path and should start without
+    # paying for pandas.
+    import pandas as pd
+
+    requests: dict[str, dict[str, Any]] = {}
+    shadows: dict[str, dict[str, Any]] = {}
+    labels: dict[tuple[str, int | None], tuple[float, Any]] = {}
+    for entry in iter_log_entries(log_dir):
+        kind = entry["type"]
+        if kind == "request":
+            requests[entry["request_id"]] = entry
+        elif kind == "shadow":
+            shadows[entry["request_id"]] = entry
+        else:
+            key = (entry["request_id"], entry.get("row"))
+            if key not in labels or entry["ts"] >= labels[key][0]:
+                labels[key] = (entry["ts"], entry["label"])
+
+    columns: dict[str, list[Any]] = {name: [] for name in COLUMNS}
+    for request_id, entry in requests.items():
+        production = entry.get("production") or {}
+        shadow_entry = shadows.get(request_id, entry)
+        shadow = shadow_entry.get("shadow") or {}
+        predictions = production.get("predictions")
+        records = entry.get("records")
+        count = len(predictions) if isinstance(predictions, list) and predictions else (
+            len(records) if isinstance(records, list) and records else 1
+        )
+        for row in range(count):
+            labelled = labels.get((request_id, row)) or labels.get((request_id, None))
+            values = {
+                "request_id": request_id,
+                "row": row,
+                "ts": entry["ts"],
+                "record": _nth(records, row),
+                "mirrored": bool(entry.get("mirrored")),
+                "shadow_reason": shadow_entry.get("shadow_reason"),
+                "label": labelled[1] if labelled else None,
+                "label_ts": labelled[0] if labelled else None,
+            }
+            for side, answer in (("production", production), ("shadow", shadow)):
+                values[f"{side}_model"] = answer.get("model")
+                values[f"{side}_version"] = answer.get("version")
+                values[f"{side}_prediction"] = _nth(answer.get("predictions"), row)
+                values[f"{side}_probabilities"] = _nth(answer.get("probabilities"), row)
+                values[f"{side}_latency_ms"] = answer.get("latency_ms")
+                values[f"{side}_status"] = answer.get("status")
+                values[f"{side}_error"] = answer.get("error")
+            for name in COLUMNS:
+                columns[name].append(values[name])
+    frame = pd.DataFrame({name: pd.Series(columns[name], dtype=_DTYPES.get(name, object)) for name in COLUMNS})
+    for name in ("ts", "label_ts"):
+        frame[name] = pd.to_datetime(frame[name], unit="s", utc=True)
+    return frame
+
+
+_DTYPES = {
+    "row": "int64",
+    "ts": "float64",
+    "label_ts": "float64",
+    "mirrored": "bool",
+    "production_latency_ms": "float64",
+    "shadow_latency_ms": "float64",
+    "production_status": "Int64",
+    "shadow_status": "Int64",
+}
+"""Column types of `read_prediction_log`; the others stay Python objects (labels and
+predictions keep their JSON type)."""
+
+
+def _nth(values: Any, index: int) -> Any:
+    return values[index] if isinstance(values, list) and index < len(values) else None

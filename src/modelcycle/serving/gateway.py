@@ -1,0 +1,599 @@
+"""The gateway sits in front of production and shows a shadow model the same live traffic.
+
+Every ``POST /predict`` is forwarded to production, whose status and body go back to the
+client byte for byte, with the request id in ``X-Request-ID`` (the client's, or a fresh
+uuid4 hex). A deterministic sample of request ids, `mirror_percent` of them, is also sent to
+the shadow with the same id. Mirroring happens off the request path: the request joins a
+bounded queue that a few workers drain, each shadow call has its own timeout, and a full
+queue drops the mirror (counted) rather than wait. So a slow, failing or dead shadow never
+changes or delays what the client gets.
+
+Both answers go to the prediction log (`modelcycle.monitoring.predictions`): the request
+with production's answer as soon as production has answered, the shadow's answer as a
+second entry when it arrives. ``POST /feedback`` adds the true label of a request.
+``GET /shadow/comparison`` and the ``modelcycle_shadow_*`` gauges of ``GET /metrics`` report
+`compare_shadow` over the log, recomputed at most every `comparison_ttl_s` seconds.
+
+On SIGTERM the gateway stops accepting connections, lets in-flight requests finish, gives
+queued and in-flight mirrors up to `drain_timeout_s` to complete, logs the ones left over
+as not answered, then flushes and fsyncs the log: a clean shutdown loses no entry.
+
+Run it with ``python -m modelcycle.serving.gateway --production-url URL [--shadow-url URL]
+[--mirror-percent N] --log-dir DIR [--port P]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from modelcycle.monitoring.predictions import (
+    PredictionLogSettings,
+    PredictionLogWriter,
+    UpstreamAnswer,
+    read_prediction_log,
+)
+from modelcycle.monitoring.shadow import ShadowComparison, ShadowPolicy, compare_shadow
+
+__all__ = ["GATEWAY", "Gateway", "GatewayConfig", "create_app", "in_mirror_sample", "main"]
+
+logger = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "X-Request-ID"
+MAX_REQUEST_ID_LENGTH = 128
+
+
+class GatewayConfig(BaseModel):
+    """Where the gateway forwards and mirrors to, and how it protects production from the shadow."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    production_url: str
+    """Base URL of the production model server; the gateway calls its /predict and /readyz."""
+    shadow_url: str | None = None
+    """Base URL of the shadow model server; None serves production only."""
+    mirror_percent: Annotated[float, Field(ge=0, le=100)] = 100.0
+    """Share of request ids, in percent, mirrored to the shadow. Chosen by hashing the id, so a
+    given id is always in or always out of the sample."""
+    log_dir: Path
+    """Directory of the prediction log."""
+    production_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    """Seconds production may take before the client gets a 504."""
+    shadow_timeout_s: Annotated[float, Field(gt=0)] = 2.0
+    """Seconds a shadow call may take before it is logged as a timeout. It bounds how long a
+    mirror worker is held, not the client's wait."""
+    queue_size: Annotated[int, Field(gt=0)] = 1000
+    """Mirrors waiting for a worker; beyond it mirrors are dropped and counted."""
+    mirror_workers: Annotated[int, Field(gt=0)] = 8
+    """Concurrent shadow calls. Also the most connections the shadow can take from the pool."""
+    max_connections: Annotated[int, Field(gt=0)] = 100
+    """Keep-alive connections to production. The pool holds this plus `mirror_workers`, so
+    the shadow can never take production's connections."""
+    max_body_bytes: Annotated[int, Field(gt=0)] = 64 * 2**20
+    """Largest request body accepted, in bytes (aiohttp's default of 1 MiB is small for batches)."""
+    drain_timeout_s: Annotated[float, Field(ge=0)] = 10.0
+    """Seconds a shutdown waits for queued and in-flight mirrors before logging them as not
+    answered. Keep it below the pod's termination grace period."""
+    comparison_ttl_s: Annotated[float, Field(ge=0)] = 5.0
+    """Seconds a computed shadow comparison is reused; it reads the whole log."""
+    log: PredictionLogSettings = PredictionLogSettings()
+    """Segment rotation and flushing of the prediction log."""
+    policy: ShadowPolicy = ShadowPolicy()
+    """What the shadow must show to be promoted."""
+
+    @field_validator("production_url", "shadow_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"expected an http:// or https:// base URL, found {value!r}")
+        return value.rstrip("/")
+
+
+def in_mirror_sample(request_id: str, *, percent: float) -> bool:
+    """Whether `request_id` is mirrored at `percent`: a hash of the id, not a coin toss, so
+    retries of a request and every gateway replica make the same choice."""
+    if percent >= 100:
+        return True
+    if percent <= 0:
+        return False
+    digest = hashlib.blake2b(request_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") < percent / 100 * 2**64
+
+
+class GatewayMetrics:
+    """The gateway's Prometheus metrics, in a registry of their own."""
+
+    def __init__(self, queue: asyncio.Queue[Any]) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "modelcycle_gateway_requests", "Upstream calls by upstream and HTTP status "
+            "(timeout or unreachable when there was no answer).",
+            ["upstream", "status"], registry=self.registry,
+        )
+        self.latency = Histogram(
+            "modelcycle_gateway_upstream_latency_seconds", "Time for an upstream to answer.",
+            ["upstream"], registry=self.registry,
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10),
+        )
+        self.mirrored = Counter(
+            "modelcycle_gateway_mirrored", "Requests queued for the shadow.", registry=self.registry
+        )
+        self.dropped = Counter(
+            "modelcycle_gateway_mirror_dropped", "Mirrors never sent to the shadow, by reason.",
+            ["reason"], registry=self.registry,
+        )
+        self.shadow_errors = Counter(
+            "modelcycle_gateway_shadow_errors", "Shadow calls without a 2xx answer, by kind.",
+            ["kind"], registry=self.registry,
+        )
+        queue_depth = Gauge(
+            "modelcycle_gateway_mirror_queue_depth", "Mirrors waiting for a worker.", registry=self.registry
+        )
+        queue_depth.set_function(queue.qsize)
+        self.agreement = Gauge(
+            "modelcycle_shadow_agreement", "Share of compared rows where shadow and production agree.",
+            registry=self.registry,
+        )
+        self.latency_ratio = Gauge(
+            "modelcycle_shadow_latency_ratio", "Shadow p50 latency over production p50 latency.",
+            registry=self.registry,
+        )
+        self.error_rate = Gauge(
+            "modelcycle_shadow_error_rate", "Error rate of each side, as in the shadow comparison.",
+            ["side"], registry=self.registry,
+        )
+        self.compared = Gauge(
+            "modelcycle_shadow_compared_requests", "Requests both sides answered.", registry=self.registry
+        )
+        self.verdict = Gauge(
+            "modelcycle_shadow_verdict", "1 for the current verdict of the shadow comparison, 0 for the others.",
+            ["verdict"], registry=self.registry,
+        )
+        self.production_latency = self.latency.labels("production")
+        self.shadow_latency = self.latency.labels("shadow")
+
+    def show(self, comparison: ShadowComparison) -> None:
+        """Set the shadow gauges from a comparison; a figure with no data yet reads NaN."""
+        nan = float("nan")
+        self.agreement.set(comparison.agreement.value if comparison.agreement else nan)
+        self.latency_ratio.set(comparison.latency_ratio_p50.value if comparison.latency_ratio_p50 else nan)
+        rates = {"production": comparison.production_error_rate, "shadow": comparison.shadow_error_rate}
+        for side, rate in rates.items():
+            self.error_rate.labels(side).set(rate.value if rate else nan)
+        self.compared.set(comparison.compared_requests)
+        for verdict in ("promote", "hold", "reject"):
+            self.verdict.labels(verdict).set(1 if verdict == comparison.verdict else 0)
+
+
+class Gateway:
+    """State of one running gateway: the upstream session, the mirror queue and workers, the
+    prediction log and the metrics. `create_app` wires it into an aiohttp application."""
+
+    log: PredictionLogWriter
+    """The prediction log, open while the application runs."""
+    _session: aiohttp.ClientSession
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.queue: asyncio.Queue[tuple[str, bytes, str]] = asyncio.Queue(config.queue_size)
+        self.metrics = GatewayMetrics(self.queue)
+        self._workers: list[asyncio.Task[None]] = []
+        self._accepting = False
+        self._production_predict = f"{config.production_url}/predict"
+        self._shadow_predict = f"{config.shadow_url}/predict" if config.shadow_url else None
+        self._production_timeout = aiohttp.ClientTimeout(total=config.production_timeout_s)
+        self._shadow_timeout = aiohttp.ClientTimeout(total=config.shadow_timeout_s)
+        self._production_counts: dict[int, Counter] = {}
+        self._comparison: tuple[float, ShadowComparison] | None = None
+        self._comparison_lock = asyncio.Lock()
+
+    async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
+        """aiohttp cleanup context: start the session, log and workers; on shutdown drain the
+        mirrors up to the deadline, then flush and close the log."""
+        self.log = PredictionLogWriter(self.config.log_dir, settings=self.config.log)
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                limit=self.config.max_connections + self.config.mirror_workers, keepalive_timeout=30
+            ),
+            # A proxy must not replay one client's upstream cookies to the next client.
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+        if self._shadow_predict:
+            self._workers = [
+                asyncio.create_task(self._mirror_worker(), name=f"mirror-worker-{n}")
+                for n in range(self.config.mirror_workers)
+            ]
+        self._accepting = True
+        try:
+            yield
+        finally:
+            self._accepting = False
+            await self._drain_mirrors()
+            await self._session.close()
+            await asyncio.get_running_loop().run_in_executor(None, self.log.close)
+
+    async def on_shutdown(self, app: web.Application) -> None:
+        self._accepting = False
+
+    async def predict(self, request: web.Request) -> web.StreamResponse:
+        request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+        if len(request_id) > MAX_REQUEST_ID_LENGTH or not request_id.isprintable():
+            return _error(400, f"expected at most {MAX_REQUEST_ID_LENGTH} printable characters, "
+                          f"found {len(request_id)}", field=REQUEST_ID_HEADER, request_id=None)
+        body = await request.read()
+        content_type = request.headers.get("Content-Type", "application/json")
+        mirrored, shadow_reason = self._mirror(request_id, body, content_type)
+
+        headers = {"Content-Type": content_type, REQUEST_ID_HEADER: request_id}
+        started = time.perf_counter()
+        try:
+            async with self._session.post(
+                self._production_predict, data=body, headers=headers, timeout=self._production_timeout
+            ) as answer:
+                payload = await answer.read()
+                status = answer.status
+                answer_type = answer.headers.get("Content-Type", "application/json")
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            latency = time.perf_counter() - started
+            timed_out = isinstance(exc, TimeoutError)
+            if timed_out:
+                message = f"production did not answer within {self.config.production_timeout_s} s"
+            else:
+                message = f"production is unreachable: {exc}"
+            self.metrics.requests.labels("production", "timeout" if timed_out else "unreachable").inc()
+            self.metrics.production_latency.observe(latency)
+            self.log.write_request(
+                request_id=request_id, records=_records(body), production=_failed_answer(latency, message),
+                mirrored=mirrored, shadow_reason=shadow_reason,
+            )
+            return _error(504 if timed_out else 502, message, field=None, request_id=request_id)
+        latency = time.perf_counter() - started
+        self._count_production(status)
+        self.metrics.production_latency.observe(latency)
+        self.log.write_request(
+            request_id=request_id, records=_records(body), production=_answer(payload, status, latency),
+            mirrored=mirrored, shadow_reason=shadow_reason,
+        )
+        headers = {"Content-Type": answer_type, REQUEST_ID_HEADER: request_id}
+        return web.Response(body=payload, status=status, headers=headers)
+
+    async def feedback(self, request: web.Request) -> web.StreamResponse:
+        try:
+            request_id, label, row = _parse_feedback(await request.read())
+        except InvalidFeedback as exc:
+            return _error(400, str(exc), field=exc.field, request_id=exc.request_id)
+        self.log.write_feedback(request_id=request_id, label=label, row=row)
+        return web.json_response({"request_id": request_id, "status": "recorded"}, status=202)
+
+    async def healthz(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.StreamResponse:
+        """Ready when accepting and production says it is ready; the shadow does not count."""
+        if not self._accepting:
+            return web.json_response({"status": "shutting down"}, status=503)
+        try:
+            async with self._session.get(
+                f"{self.config.production_url}/readyz", timeout=aiohttp.ClientTimeout(total=1)
+            ) as answer:
+                ready = 200 <= answer.status < 300
+        except (TimeoutError, aiohttp.ClientError):
+            ready = False
+        body = {"status": "ready" if ready else "production not ready"}
+        return web.json_response(body, status=200 if ready else 503)
+
+    async def metrics_page(self, request: web.Request) -> web.StreamResponse:
+        if self._shadow_predict:
+            try:
+                await self.comparison()
+            except Exception:
+                logger.exception("cannot compute the shadow comparison for /metrics")
+        page = generate_latest(self.metrics.registry)
+        return web.Response(body=page, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def shadow_comparison(self, request: web.Request) -> web.StreamResponse:
+        try:
+            comparison = await self.comparison()
+        except Exception as exc:
+            logger.exception("cannot compute the shadow comparison")
+            return _error(500, f"cannot compute the shadow comparison: {exc}", field=None, request_id=None)
+        return web.Response(body=comparison.model_dump_json(), content_type="application/json")
+
+    async def comparison(self) -> ShadowComparison:
+        """The shadow comparison over the log, recomputed in a thread when older than the TTL."""
+        async with self._comparison_lock:
+            now = time.monotonic()
+            if self._comparison and now - self._comparison[0] < self.config.comparison_ttl_s:
+                return self._comparison[1]
+            comparison = await asyncio.get_running_loop().run_in_executor(None, self._compare)
+            self._comparison = (now, comparison)
+            self.metrics.show(comparison)
+            return comparison
+
+    def _compare(self) -> ShadowComparison:
+        self.log.flush()
+        return compare_shadow(read_prediction_log(self.config.log_dir), policy=self.config.policy)
+
+    def _mirror(self, request_id: str, body: bytes, content_type: str) -> tuple[bool, str]:
+        """Queue a mirror when the id is in the sample; (mirrored, shadow_reason for the log)."""
+        if self._shadow_predict is None:
+            return False, "no shadow configured"
+        if not in_mirror_sample(request_id, percent=self.config.mirror_percent):
+            return False, "not sampled"
+        try:
+            self.queue.put_nowait((request_id, body, content_type))
+        except asyncio.QueueFull:
+            self.metrics.dropped.labels("queue_full").inc()
+            return True, "dropped: mirror queue full"
+        self.metrics.mirrored.inc()
+        return True, "pending"
+
+    async def _mirror_worker(self) -> None:
+        while True:
+            request_id, body, content_type = await self.queue.get()
+            try:
+                answer = await self._call_shadow(request_id, body, content_type)
+            except asyncio.CancelledError:
+                self.log.write_shadow(
+                    request_id=request_id, shadow=None, shadow_reason="not answered before shutdown"
+                )
+                self.metrics.dropped.labels("shutdown").inc()
+                self.queue.task_done()
+                raise
+            except Exception:
+                logger.exception("mirror of request %s failed", request_id)
+                self.log.write_shadow(
+                    request_id=request_id, shadow=None, shadow_reason="gateway error while mirroring"
+                )
+            else:
+                self.log.write_shadow(request_id=request_id, shadow=answer)
+            self.queue.task_done()
+
+    async def _call_shadow(self, request_id: str, body: bytes, content_type: str) -> UpstreamAnswer:
+        headers = {"Content-Type": content_type, REQUEST_ID_HEADER: request_id}
+        started = time.perf_counter()
+        try:
+            async with self._session.post(
+                self._shadow_predict, data=body, headers=headers, timeout=self._shadow_timeout
+            ) as answer:
+                payload = await answer.read()
+                status = answer.status
+        except TimeoutError:
+            latency = time.perf_counter() - started
+            self.metrics.requests.labels("shadow", "timeout").inc()
+            self.metrics.shadow_errors.labels("timeout").inc()
+            self.metrics.shadow_latency.observe(latency)
+            return _failed_answer(latency, f"shadow did not answer within {self.config.shadow_timeout_s} s")
+        except aiohttp.ClientError as exc:
+            latency = time.perf_counter() - started
+            self.metrics.requests.labels("shadow", "unreachable").inc()
+            self.metrics.shadow_errors.labels("unreachable").inc()
+            return _failed_answer(latency, f"shadow is unreachable: {exc}")
+        latency = time.perf_counter() - started
+        self.metrics.requests.labels("shadow", str(status)).inc()
+        self.metrics.shadow_latency.observe(latency)
+        if not 200 <= status < 300:
+            self.metrics.shadow_errors.labels("status").inc()
+        return _answer(payload, status, latency)
+
+    async def _drain_mirrors(self) -> None:
+        if not self._workers:
+            return
+        try:
+            await asyncio.wait_for(self.queue.join(), timeout=self.config.drain_timeout_s)
+        except TimeoutError:
+            logger.warning(
+                "%d mirrors still queued after %.1f s of shutdown; logging them as not answered",
+                self.queue.qsize(), self.config.drain_timeout_s,
+            )
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        while not self.queue.empty():
+            request_id, _, _ = self.queue.get_nowait()
+            self.log.write_shadow(
+                request_id=request_id, shadow=None, shadow_reason="not sent before shutdown"
+            )
+            self.metrics.dropped.labels("shutdown").inc()
+            self.queue.task_done()
+
+    def _count_production(self, status: int) -> None:
+        counter = self._production_counts.get(status)
+        if counter is None:
+            counter = self._production_counts[status] = self.metrics.requests.labels("production", str(status))
+        counter.inc()
+
+
+GATEWAY = web.AppKey("gateway", Gateway)
+"""The `Gateway` behind an application made by `create_app`."""
+
+
+def create_app(config: GatewayConfig) -> web.Application:
+    """An aiohttp application serving the gateway described by `config`."""
+    gateway = Gateway(config)
+    app = web.Application(client_max_size=config.max_body_bytes)
+    app[GATEWAY] = gateway
+    app.cleanup_ctx.append(gateway.lifecycle)
+    app.on_shutdown.append(gateway.on_shutdown)
+    app.router.add_post("/predict", gateway.predict)
+    app.router.add_post("/feedback", gateway.feedback)
+    app.router.add_get("/healthz", gateway.healthz)
+    app.router.add_get("/readyz", gateway.readyz)
+    app.router.add_get("/metrics", gateway.metrics_page)
+    app.router.add_get("/shadow/comparison", gateway.shadow_comparison)
+    return app
+
+
+class InvalidFeedback(ValueError):
+    """A /feedback body the gateway cannot record; answered with 400 naming the field."""
+
+    def __init__(self, message: str, *, field: str | None, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+        self.request_id = request_id
+
+
+def _parse_feedback(body: bytes) -> tuple[str, Any, int | None]:
+    """(request_id, label, row) of a /feedback body ``{"request_id", "label", "row"?}``."""
+    try:
+        document = json.loads(body)
+    except ValueError as exc:
+        raise InvalidFeedback(f"expected a JSON object, found invalid JSON ({exc})", field=None) from None
+    if not isinstance(document, dict):
+        raise InvalidFeedback(f"expected a JSON object, found {type(document).__name__}", field=None)
+    request_id = document.get("request_id")
+    if not isinstance(request_id, str) or not request_id:
+        raise InvalidFeedback(f"expected a non-empty string, found {request_id!r}", field="request_id")
+    label = document.get("label")
+    if label is None:
+        raise InvalidFeedback("expected the true label, found none", field="label", request_id=request_id)
+    row = document.get("row")
+    if row is not None and (not isinstance(row, int) or isinstance(row, bool) or row < 0):
+        raise InvalidFeedback(
+            f"expected a row number >= 0 or null, found {row!r}", field="row", request_id=request_id
+        )
+    return request_id, label, row
+
+
+def _records(body: bytes) -> list[dict[str, Any]] | None:
+    """The input records of a /predict body, for the log; None when it is not valid input
+    (production's answer then says what is wrong)."""
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return None
+    if isinstance(document, dict):
+        records = document["records"] if "records" in document else [document]
+        return records if isinstance(records, list) else None
+    return None
+
+
+def _answer(payload: bytes, status: int, latency_s: float) -> UpstreamAnswer:
+    """The log's view of a model server's answer; the payload follows the serving contract."""
+    try:
+        document = json.loads(payload)
+    except ValueError:
+        document = None
+    if not isinstance(document, dict):
+        error = ("the answer is not a JSON object" if 200 <= status < 300
+                 else payload[:200].decode(errors="replace"))
+        return {"model": None, "version": None, "predictions": None, "probabilities": None,
+                "latency_ms": latency_s * 1000, "status": status, "error": error}
+    error = document.get("error")
+    return {
+        "model": document.get("model"),
+        "version": _string(document.get("model_version")),
+        "predictions": document.get("predictions"),
+        "probabilities": document.get("probabilities"),
+        "latency_ms": latency_s * 1000,
+        "status": status,
+        "error": str(error) if error is not None else None,
+    }
+
+
+def _failed_answer(latency_s: float, message: str) -> UpstreamAnswer:
+    return {"model": None, "version": None, "predictions": None, "probabilities": None,
+            "latency_ms": latency_s * 1000, "status": None, "error": message}
+
+
+def _string(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _error(status: int, message: str, *, field: str | None, request_id: str | None) -> web.Response:
+    headers = {REQUEST_ID_HEADER: request_id} if request_id else None
+    return web.json_response(
+        {"error": message, "field": field, "request_id": request_id}, status=status, headers=headers
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the gateway until SIGTERM or SIGINT."""
+    parser = argparse.ArgumentParser(
+        prog="python -m modelcycle.serving.gateway",
+        description="Forward /predict to production, mirror a sample to a shadow, log both answers.",
+    )
+    defaults = {name: field.default for name, field in GatewayConfig.model_fields.items()}
+    log, policy = PredictionLogSettings(), ShadowPolicy()
+    parser.add_argument("--production-url", required=True, help="base URL of the production model server")
+    parser.add_argument("--shadow-url", help="base URL of the shadow model server")
+    parser.add_argument("--mirror-percent", type=float, default=defaults["mirror_percent"],
+                        help="share of request ids mirrored to the shadow, 0-100")
+    parser.add_argument("--log-dir", type=Path, required=True, help="directory of the prediction log")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--production-timeout", type=float, default=defaults["production_timeout_s"], help="s")
+    parser.add_argument("--shadow-timeout", type=float, default=defaults["shadow_timeout_s"], help="s")
+    parser.add_argument("--queue-size", type=int, default=defaults["queue_size"])
+    parser.add_argument("--mirror-workers", type=int, default=defaults["mirror_workers"])
+    parser.add_argument("--drain-timeout", type=float, default=defaults["drain_timeout_s"], help="s")
+    parser.add_argument("--segment-max-bytes", type=int, default=log.max_segment_bytes)
+    parser.add_argument("--segment-max-age", type=float, default=log.max_segment_age_s, help="s")
+    parser.add_argument("--flush-interval", type=float, default=log.flush_interval_s, help="s")
+    parser.add_argument("--min-requests", type=int, default=policy.min_requests)
+    parser.add_argument("--min-agreement", type=float, default=policy.min_agreement)
+    parser.add_argument("--max-latency-ratio", type=float, default=policy.max_latency_ratio)
+    parser.add_argument("--max-error-rate", type=float, default=policy.max_error_rate)
+    args = parser.parse_args(argv)
+    try:
+        config = GatewayConfig(
+            production_url=args.production_url,
+            shadow_url=args.shadow_url,
+            mirror_percent=args.mirror_percent,
+            log_dir=args.log_dir,
+            production_timeout_s=args.production_timeout,
+            shadow_timeout_s=args.shadow_timeout,
+            queue_size=args.queue_size,
+            mirror_workers=args.mirror_workers,
+            drain_timeout_s=args.drain_timeout,
+            log=PredictionLogSettings(
+                max_segment_bytes=args.segment_max_bytes,
+                max_segment_age_s=args.segment_max_age,
+                flush_interval_s=args.flush_interval,
+            ),
+            policy=ShadowPolicy(
+                min_requests=args.min_requests,
+                min_agreement=args.min_agreement,
+                max_latency_ratio=args.max_latency_ratio,
+                max_error_rate=args.max_error_rate,
+            ),
+        )
+    except ValidationError as exc:
+        parser.error(str(exc))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logger.info(
+        "gateway on http://%s:%d: production %s, shadow %s at %g%%, log in %s",
+        args.host, args.port, config.production_url, config.shadow_url or "none", config.mirror_percent,
+        config.log_dir,
+    )
+    # A request in flight ends within the production timeout, so waiting that long cuts none.
+    web.run_app(
+        create_app(config), host=args.host, port=args.port, access_log=None, print=None,
+        shutdown_timeout=config.production_timeout_s,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,429 @@
+"""The gateway over real HTTP on 127.0.0.1.
+
+The upstreams are real aiohttp model servers that implement the serving contract around a
+fitted scikit-learn LogisticRegression. They run in one subprocess started from this file
+(``python test_gateway.py``), each on its own port:
+
+- ``production``: model version 1;
+- ``shadow``: model version 2, trained with stronger regularisation, so it sometimes disagrees;
+- ``shadow_delayed``: a fake, version 2 with 50 ms added before answering, so that mirrors
+  are still in flight when the gateway is stopped;
+- ``slow``: a fake that sleeps 2 s before answering;
+- ``failing``: a fake that answers 500 to every prediction.
+
+A shadow that is down is a port nobody listens on. Every server also answers ``GET /seen``
+with the request ids it was asked to predict, so a test can see what reached the shadow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
+
+from modelcycle.monitoring.predictions import read_prediction_log
+from modelcycle.serving.gateway import GATEWAY, GatewayConfig, create_app, in_mirror_sample
+
+FEATURES = ("x1", "x2")
+
+
+def _model_server(model: Any, version: str, *, delay_s: float = 0.0, fail: bool = False) -> web.Application:
+    """A model server that follows the serving contract; `delay_s` and `fail` make it a fake."""
+    seen: list[str] = []
+
+    async def predict(request: web.Request) -> web.Response:
+        request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex
+        seen.append(request_id)
+        if delay_s:
+            await asyncio.sleep(delay_s)
+        if fail:
+            return web.json_response({"error": "injected failure", "field": None, "request_id": request_id}, status=500)
+        try:
+            document = json.loads(await request.read())
+        except ValueError:
+            return web.json_response({"error": "body is not JSON", "field": None, "request_id": request_id}, status=400)
+        records = document.get("records", [document]) if isinstance(document, dict) else None
+        if not isinstance(records, list) or not records:
+            return web.json_response(
+                {"error": "expected a record or {'records': [...]}", "field": "records", "request_id": request_id},
+                status=422,
+            )
+        for number, record in enumerate(records):
+            for field in FEATURES:
+                value = record.get(field) if isinstance(record, dict) else None
+                if not isinstance(value, int | float) or isinstance(value, bool):
+                    return web.json_response(
+                        {"error": f"record {number}: field {field!r} must be a number, found {value!r}",
+                         "field": field, "request_id": request_id},
+                        status=422,
+                    )
+        features = np.array([[record[f] for f in FEATURES] for record in records], dtype=float)
+        probabilities = model.predict_proba(features)
+        classes = [str(c) for c in model.classes_]
+        return web.json_response(
+            {
+                "model": "toy",
+                "model_version": version,
+                "request_id": request_id,
+                "predictions": [int(c) for c in model.classes_[probabilities.argmax(axis=1)]],
+                "probabilities": [dict(zip(classes, map(float, row), strict=True)) for row in probabilities],
+            }
+        )
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def seen_ids(request: web.Request) -> web.Response:
+        return web.json_response(seen)
+
+    app = web.Application()
+    app.router.add_post("/predict", predict)
+    app.router.add_get("/healthz", ok)
+    app.router.add_get("/readyz", ok)
+    app.router.add_get("/seen", seen_ids)
+    return app
+
+
+def _serve_upstreams() -> None:
+    """Entry point of the upstream subprocess: print the ports as one JSON line, then serve."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(7)
+    features = rng.normal(size=(400, 2))
+    labels = (features[:, 0] + 0.5 * features[:, 1] + rng.normal(scale=0.5, size=400) > 0).astype(int)
+    production = LogisticRegression().fit(features, labels)
+    shadow = LogisticRegression(C=0.05).fit(features, labels)
+    apps = {
+        "production": _model_server(production, "1"),
+        "shadow": _model_server(shadow, "2"),
+        "shadow_delayed": _model_server(shadow, "2", delay_s=0.05),
+        "slow": _model_server(shadow, "2", delay_s=2.0),
+        "failing": _model_server(shadow, "2", fail=True),
+    }
+
+    async def serve() -> None:
+        ports = {}
+        for name, app in apps.items():
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            ports[name] = runner.addresses[0][1]
+        print(json.dumps(ports), flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(serve())
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def upstreams() -> Iterator[dict[str, str]]:
+    process = subprocess.Popen([sys.executable, __file__], stdout=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()  # type: ignore[union-attr]
+        assert line, f"the upstream servers did not start (exit code {process.poll()})"
+        urls = {name: f"http://127.0.0.1:{port}" for name, port in json.loads(line).items()}
+        urls["down"] = f"http://127.0.0.1:{_free_port()}"
+        yield urls
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        process.stdout.close()  # type: ignore[union-attr]
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(config: GatewayConfig) -> AsyncIterator[tuple[str, web.Application]]:
+    """The gateway served in this process on a free port; stopping it runs its graceful shutdown."""
+    app = create_app(config)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}", app
+    finally:
+        await runner.cleanup()
+
+
+def _record(i: int) -> dict[str, float]:
+    rng = np.random.default_rng(i)
+    return {"x1": float(rng.normal()), "x2": float(rng.normal())}
+
+
+async def _post(session: aiohttp.ClientSession, url: str, body: Any, request_id: str | None = None) -> tuple[int, bytes, Any]:
+    headers = {"X-Request-ID": request_id} if request_id else {}
+    async with session.post(f"{url}/predict", json=body, headers=headers) as answer:
+        return answer.status, await answer.read(), answer.headers
+
+
+async def test_production_answers_pass_through_unchanged(upstreams: dict[str, str], tmp_path: Path) -> None:
+    config = GatewayConfig(production_url=upstreams["production"], shadow_url=upstreams["shadow"], log_dir=tmp_path)
+    async with aiohttp.ClientSession() as session, running_gateway(config) as (url, _):
+        for i in range(20):
+            request_id = f"pass-{i}"
+            body = {"records": [_record(i), _record(i + 100)]} if i % 2 else _record(i)
+            via_gateway = await _post(session, url, body, request_id)
+            direct = await _post(session, upstreams["production"], body, request_id)
+            assert via_gateway[0] == direct[0] == 200
+            assert via_gateway[1] == direct[1]
+            assert via_gateway[2]["X-Request-ID"] == request_id
+
+        status, payload, headers = await _post(session, url, _record(1))
+        generated = headers["X-Request-ID"]
+        assert status == 200 and len(generated) == 32 and int(generated, 16) >= 0
+        assert json.loads(payload)["request_id"] == generated
+
+
+async def test_client_errors_from_production_pass_through_unchanged(upstreams: dict[str, str], tmp_path: Path) -> None:
+    config = GatewayConfig(production_url=upstreams["production"], shadow_url=upstreams["shadow"], log_dir=tmp_path)
+    bad = {"records": [_record(1), {"x1": 0.5, "x2": "high"}]}
+    async with aiohttp.ClientSession() as session, running_gateway(config) as (url, _):
+        via_gateway = await _post(session, url, bad, "bad-1")
+        direct = await _post(session, upstreams["production"], bad, "bad-1")
+    assert via_gateway[0] == direct[0] == 422
+    assert via_gateway[1] == direct[1]
+    assert json.loads(via_gateway[1])["field"] == "x2"
+    logged = read_prediction_log(tmp_path).set_index("row")
+    assert logged.loc[1, "production_status"] == 422
+    assert "x2" in logged.loc[1, "production_error"]
+    assert logged.loc[1, "record"] == {"x1": 0.5, "x2": "high"}
+
+
+async def _timed_post(session: aiohttp.ClientSession, url: str, body: Any, request_id: str) -> tuple[float, bytes]:
+    started = time.perf_counter()
+    status, payload, _ = await _post(session, url, body, request_id)
+    elapsed = time.perf_counter() - started
+    assert status == 200
+    return elapsed, payload
+
+
+@pytest.mark.parametrize("shadow", ["down", "slow"])
+async def test_a_broken_shadow_leaves_production_answers_and_latency_unchanged(
+    upstreams: dict[str, str], tmp_path: Path, shadow: str
+) -> None:
+    """Two gateways in front of the same production, one mirroring to a broken shadow, take
+    turns on the same requests, so that load from elsewhere on the machine hits both alike."""
+    count = 300
+    alone = GatewayConfig(production_url=upstreams["production"], log_dir=tmp_path / "alone")
+    mirrored = GatewayConfig(
+        production_url=upstreams["production"], shadow_url=upstreams[shadow], log_dir=tmp_path / "mirrored",
+        mirror_percent=100, shadow_timeout_s=0.2, queue_size=16, mirror_workers=4, drain_timeout_s=0.1,
+    )
+    latencies: dict[str, list[float]] = {"alone": [], "mirrored": []}
+    async with (
+        aiohttp.ClientSession() as session,
+        running_gateway(alone) as (alone_url, _),
+        running_gateway(mirrored) as (mirrored_url, _),
+    ):
+        urls = {"alone": alone_url, "mirrored": mirrored_url}
+        for n in range(-20, count):  # the first 20 warm the connections up
+            order = ("alone", "mirrored") if n % 2 else ("mirrored", "alone")
+            answers = {}
+            for name in order:
+                elapsed, answers[name] = await _timed_post(session, urls[name], _record(abs(n)), f"same-{n}")
+                if n >= 0:
+                    latencies[name].append(elapsed)
+            assert answers["mirrored"] == answers["alone"]
+
+    p50_alone, p50_mirrored = statistics.median(latencies["alone"]), statistics.median(latencies["mirrored"])
+    assert p50_mirrored <= p50_alone * 1.25 + 0.0005, (
+        f"p50 {p50_mirrored * 1000:.2f} ms with a {shadow} shadow vs {p50_alone * 1000:.2f} ms without"
+    )
+    log = read_prediction_log(tmp_path / "mirrored")
+    assert log["mirrored"].all() and not (log["shadow_status"] == 200).any()
+    if shadow == "down":
+        assert log["shadow_error"].str.contains("shadow is unreachable").sum() > count / 2
+    else:
+        assert (log["shadow_reason"] == "dropped: mirror queue full").sum() > count / 2
+
+
+async def test_a_failing_shadow_is_counted_and_rejected(upstreams: dict[str, str], tmp_path: Path) -> None:
+    config = GatewayConfig(production_url=upstreams["production"], shadow_url=upstreams["failing"], log_dir=tmp_path)
+    async with aiohttp.ClientSession() as session, running_gateway(config) as (url, app):
+        for n in range(10):
+            status, payload, _ = await _post(session, url, _record(n), f"failing-{n}")
+            assert status == 200 and json.loads(payload)["model_version"] == "1"
+        await app[GATEWAY].queue.join()
+        async with session.get(f"{url}/metrics") as answer:
+            metrics = _samples(await answer.text())
+        async with session.get(f"{url}/shadow/comparison") as answer:
+            comparison = await answer.json()
+    assert metrics[("modelcycle_gateway_shadow_errors_total", (("kind", "status"),))] == 10
+    assert metrics[("modelcycle_gateway_requests_total", (("status", "500"), ("upstream", "shadow")))] == 10
+    assert metrics[("modelcycle_shadow_verdict", (("verdict", "reject"),))] == 1
+    assert comparison["verdict"] == "reject"
+    assert comparison["shadow_error_rate"]["value"] == 1.0
+    assert any("error rate" in reason for reason in comparison["reasons"])
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def test_mirror_sample_is_chosen_by_request_id(upstreams: dict[str, str], tmp_path: Path) -> None:
+    ids = [f"sample-{uuid.uuid4().hex}" for _ in range(60)]
+    in_sample = {i for i in ids if in_mirror_sample(i, percent=30)}
+    assert 0 < len(in_sample) < len(ids)
+    assert 0.27 < sum(in_mirror_sample(str(n), percent=30) for n in range(20_000)) / 20_000 < 0.33
+    assert in_sample <= {i for i in ids if in_mirror_sample(i, percent=60)}
+
+    async with aiohttp.ClientSession() as session:
+        for run in ("first", "second"):
+            config = GatewayConfig(
+                production_url=upstreams["production"], shadow_url=upstreams["shadow"],
+                mirror_percent=30, log_dir=tmp_path / run,
+            )
+            async with running_gateway(config) as (url, _):
+                for n, request_id in enumerate(ids):
+                    assert (await _post(session, url, _record(n), request_id))[0] == 200
+            log = read_prediction_log(tmp_path / run)
+            assert set(log.loc[log["mirrored"], "request_id"]) == in_sample
+            assert set(log.loc[log["shadow_status"] == 200, "request_id"]) == in_sample
+        async with session.get(f"{upstreams['shadow']}/seen") as answer:
+            reached_shadow = [i for i in await answer.json() if i in set(ids)]
+    assert Counter(reached_shadow) == {request_id: 2 for request_id in in_sample}
+
+
+async def test_after_sigterm_every_mirrored_request_is_logged_with_both_predictions(
+    upstreams: dict[str, str], tmp_path: Path
+) -> None:
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "modelcycle.serving.gateway",
+         "--production-url", upstreams["production"], "--shadow-url", upstreams["shadow_delayed"],
+         "--mirror-percent", "60", "--mirror-workers", "2", "--log-dir", str(tmp_path),
+         "--port", str(port), "--flush-interval", "60"],
+        stderr=subprocess.PIPE, text=True,
+    )
+    ids = [f"term-{n}" for n in range(40)]
+    in_sample = {i for i in ids if in_mirror_sample(i, percent=60)}
+    try:
+        async with aiohttp.ClientSession() as session:
+            deadline = time.monotonic() + 20
+            while True:
+                with contextlib.suppress(aiohttp.ClientConnectionError):
+                    async with session.get(f"{url}/healthz") as answer:
+                        if answer.status == 200:
+                            break
+                assert process.poll() is None and time.monotonic() < deadline, "the gateway did not start"
+                await asyncio.sleep(0.05)
+            for n, request_id in enumerate(ids):
+                assert (await _post(session, url, _record(n), request_id))[0] == 200
+            async with session.get(f"{upstreams['shadow_delayed']}/seen") as answer:
+                answered_before = len(set(await answer.json()) & set(ids))
+        assert read_prediction_log(tmp_path).empty, "nothing should be flushed before the 60 s interval"
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, stderr
+
+    assert answered_before < len(in_sample), "the mirrors should still be in flight at SIGTERM"
+    log = read_prediction_log(tmp_path)
+    assert sorted(log["request_id"]) == sorted(ids)
+    assert (log["production_version"] == "1").all() and log["production_prediction"].notna().all()
+    mirrored = log[log["mirrored"]]
+    assert set(mirrored["request_id"]) == in_sample, "another process must sample the same ids"
+    assert (mirrored["shadow_status"] == 200).all() and (mirrored["shadow_version"] == "2").all()
+    assert mirrored["shadow_prediction"].notna().all()
+    assert (log.loc[~log["mirrored"], "shadow_reason"] == "not sampled").all()
+
+
+async def test_feedback_joins_the_label_to_the_request(upstreams: dict[str, str], tmp_path: Path) -> None:
+    config = GatewayConfig(production_url=upstreams["production"], log_dir=tmp_path)
+    async with aiohttp.ClientSession() as session, running_gateway(config) as (url, _):
+        await _post(session, url, _record(1), "fb-single")
+        await _post(session, url, {"records": [_record(2), _record(3)]}, "fb-batch")
+        for feedback in (
+            {"request_id": "fb-single", "label": 1},
+            {"request_id": "fb-batch", "label": 0, "row": 1},
+        ):
+            async with session.post(f"{url}/feedback", json=feedback) as answer:
+                assert answer.status == 202
+        for bad, field in (
+            ({"request_id": "fb-single"}, "label"),
+            ({"request_id": 7, "label": 1}, "request_id"),
+            ({"request_id": "fb-batch", "label": 1, "row": -1}, "row"),
+        ):
+            async with session.post(f"{url}/feedback", json=bad) as answer:
+                assert answer.status == 400
+                assert (await answer.json())["field"] == field
+    log = read_prediction_log(tmp_path).set_index(["request_id", "row"])
+    assert log.loc[("fb-single", 0), "label"] == 1
+    assert log.loc[("fb-batch", 1), "label"] == 0
+    assert log.loc[("fb-batch", 0), "label"] is None
+
+
+async def test_metrics_and_comparison_expose_what_happened(upstreams: dict[str, str], tmp_path: Path) -> None:
+    config = GatewayConfig(production_url=upstreams["production"], shadow_url=upstreams["shadow"], log_dir=tmp_path)
+    async with aiohttp.ClientSession() as session, running_gateway(config) as (url, app):
+        for n in range(10):
+            await _post(session, url, _record(n), f"metrics-{n}")
+        await _post(session, url, {"x1": 1.0}, "metrics-bad")
+        await app[GATEWAY].queue.join()
+        async with session.get(f"{url}/metrics") as answer:
+            assert answer.status == 200
+            text = await answer.text()
+        async with session.get(f"{url}/shadow/comparison") as answer:
+            comparison = await answer.json()
+        async with session.get(f"{url}/readyz") as answer:
+            assert answer.status == 200
+
+    samples = _samples(text)
+    assert samples[("modelcycle_gateway_requests_total", (("status", "200"), ("upstream", "production")))] == 10
+    assert samples[("modelcycle_gateway_requests_total", (("status", "422"), ("upstream", "production")))] == 1
+    assert samples[("modelcycle_gateway_requests_total", (("status", "200"), ("upstream", "shadow")))] == 10
+    assert samples[("modelcycle_gateway_mirrored_total", ())] == 11
+    assert samples[("modelcycle_gateway_upstream_latency_seconds_count", (("upstream", "production"),))] == 11
+    assert samples[("modelcycle_shadow_compared_requests", ())] == 10
+    assert samples[("modelcycle_shadow_verdict", (("verdict", "hold"),))] == 1
+    assert samples[("modelcycle_shadow_verdict", (("verdict", "promote"),))] == 0
+    assert comparison["verdict"] == "hold"
+    assert comparison["compared_requests"] == 10
+    assert comparison["shadow_versions"] == ["2"]
+
+
+async def test_an_unreachable_production_is_a_502_and_not_ready(upstreams: dict[str, str], tmp_path: Path) -> None:
+    config = GatewayConfig(production_url=upstreams["down"], log_dir=tmp_path)
+    async with aiohttp.ClientSession() as session, running_gateway(config) as (url, _):
+        status, payload, headers = await _post(session, url, _record(1), "no-production")
+        async with session.get(f"{url}/readyz") as answer:
+            ready = answer.status
+        async with session.get(f"{url}/healthz") as answer:
+            live = answer.status
+    assert status == 502 and headers["X-Request-ID"] == "no-production"
+    assert json.loads(payload)["request_id"] == "no-production"
+    assert (ready, live) == (503, 200)
+    assert read_prediction_log(tmp_path)["production_error"].str.contains("unreachable").all()
+
+
+if __name__ == "__main__":
+    _serve_upstreams()
