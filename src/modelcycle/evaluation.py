@@ -25,23 +25,10 @@ from sklearn import metrics as skm
 from sklearn.calibration import calibration_curve
 from sklearn.inspection import permutation_importance
 
-from modelcycle.spec import LOWER_IS_BETTER, MetricThreshold, ProjectSpec
+from modelcycle.spec import LOWER_IS_BETTER, Gate, MetricThreshold, ProjectSpec
 from modelcycle.training import TrainedModel, search_scoring
 
 CURVE_POINTS = 200
-
-
-class Gate(BaseModel):
-    name: str
-    metric: str
-    op: str
-    threshold: float
-    value: float | None
-    passed: bool
-
-    def describe(self) -> str:
-        value = "n/a" if self.value is None else f"{self.value:.4g}"
-        return f"{'PASS' if self.passed else 'FAIL'} {self.name}: {self.metric} = {value} (needs {self.op} {self.threshold:g})"
 
 
 class Latency(BaseModel):
@@ -83,8 +70,10 @@ def _thin(*arrays: np.ndarray, n: int = CURVE_POINTS) -> list[list[float]]:
     return [np.nan_to_num(np.asarray(a, dtype=float)[idx], posinf=1.0, neginf=0.0).tolist() for a in arrays]
 
 
-def evaluate_set(model: TrainedModel, frame: pd.DataFrame, *, curves: bool = True) -> SetEvaluation:
-    """Every metric of the task for `model` on `frame`, with the curves the report draws."""
+def evaluate_set(model: TrainedModel, frame: pd.DataFrame, *, curves: bool = True,
+                 proba: np.ndarray | None = None) -> SetEvaluation:
+    """Every metric of the task for `model` on `frame`, with the curves the report draws.
+    Pass `proba` when it is already computed for `frame`: predicting is the costly part."""
     y = frame[model.target].to_numpy()
     if model.task == "regression":
         pred = model.predict(frame)
@@ -97,7 +86,7 @@ def evaluate_set(model: TrainedModel, frame: pd.DataFrame, *, curves: bool = Tru
             pred_t, resid = _thin(np.sort(pred), (y - pred)[np.argsort(pred)], n=500)
             out.residuals = {"predicted": pred_t, "residual": resid}
         return out
-    proba = model.predict_proba(frame)
+    proba = model.predict_proba(frame) if proba is None else proba
     pred = model.decide(proba)
     classes = np.asarray(model.classes)
     labels = [str(c) for c in classes]
@@ -141,13 +130,14 @@ def evaluate_set(model: TrainedModel, frame: pd.DataFrame, *, curves: bool = Tru
     return out
 
 
-def choose_threshold(model: TrainedModel, frame: pd.DataFrame, spec: ProjectSpec) -> tuple[float, dict[str, list[float]] | None]:
+def choose_threshold(model: TrainedModel, frame: pd.DataFrame, spec: ProjectSpec, *,
+                     proba: np.ndarray | None = None) -> tuple[float, dict[str, list[float]] | None]:
     """The decision threshold with the lowest expected cost on `frame` (0.5 without a cost matrix)."""
     cost = spec.goal.cost
     if spec.task != "binary_classification" or cost is None:
         return 0.5, None
     y = (frame[model.target].to_numpy() == model.classes[1]).astype(int)
-    score = model.predict_proba(frame)[:, 1]
+    score = (model.predict_proba(frame) if proba is None else proba)[:, 1]
     grid = np.unique(np.concatenate([np.linspace(0.0, 1.0, 101), np.quantile(score, np.linspace(0, 1, 201))]))
     positives = y.sum()
     order = np.argsort(score)
@@ -160,7 +150,7 @@ def choose_threshold(model: TrainedModel, frame: pd.DataFrame, spec: ProjectSpec
     return float(grid[best]), {"threshold": grid.tolist(), "cost_per_row": expected.tolist()}
 
 
-def measure_latency(model: TrainedModel, frame: pd.DataFrame, *, calls: int = 200, batch_rows: int = 5000) -> Latency:
+def measure_latency(model: TrainedModel, frame: pd.DataFrame, *, calls: int = 100, batch_rows: int = 5000) -> Latency:
     """p50/p95 of one-row predictions, and rows per second for a batch: what serving will see."""
     rows = frame[model.input_columns].head(calls)
     model.predict(rows.iloc[:1])  # warm up
@@ -181,7 +171,7 @@ def measure_latency(model: TrainedModel, frame: pd.DataFrame, *, calls: int = 20
     )
 
 
-def importance(model: TrainedModel, frame: pd.DataFrame, spec: ProjectSpec, *, max_rows: int = 5000) -> dict[str, float]:
+def importance(model: TrainedModel, frame: pd.DataFrame, spec: ProjectSpec, *, max_rows: int = 3000) -> dict[str, float]:
     """Mean drop of the primary metric when one raw input column is shuffled."""
     sample = frame.sample(min(len(frame), max_rows), random_state=spec.split.seed)
     scoring = search_scoring(spec)
@@ -231,9 +221,10 @@ def primary_score(spec: ProjectSpec, evaluation: SetEvaluation) -> float:
 def evaluate_model(model: TrainedModel, spec: ProjectSpec, *, validation: pd.DataFrame, test: pd.DataFrame,
                    out_of_time: pd.DataFrame | None, artifact_bytes: int) -> Evaluation:
     """The full evaluation of the selected model: threshold, metrics, importance, budget and gates."""
-    threshold, costs = choose_threshold(model, validation, spec)
+    validation_proba = model.predict_proba(validation)
+    threshold, costs = choose_threshold(model, validation, spec, proba=validation_proba)
     model.threshold = threshold
-    sets = {"validation": evaluate_set(model, validation), "test": evaluate_set(model, test)}
+    sets = {"validation": evaluate_set(model, validation, proba=validation_proba), "test": evaluate_set(model, test)}
     if out_of_time is not None and len(out_of_time):
         sets["out_of_time"] = evaluate_set(model, out_of_time)
     latency = measure_latency(model, test)

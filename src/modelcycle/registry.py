@@ -59,6 +59,7 @@ from fsspec.implementations.local import LocalFileSystem
 from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
 
 from modelcycle import artifacts
+from modelcycle.spec import Gate
 
 DEFAULT_URI = os.path.join(".modelcycle", "registry")
 LOCK_TIMEOUT_S = 60.0
@@ -94,15 +95,6 @@ class ArtifactIntegrityError(RegistryError, artifacts.ArtifactIntegrityError):
     """The artifact's bytes do not match the manifest's sha256; nothing was unpickled."""
 
 
-class GateResult(BaseModel):
-    name: str
-    metric: str
-    op: Literal[">=", "<="]
-    threshold: float
-    value: float | None
-    passed: bool
-
-
 class Lineage(BaseModel):
     """Where a model came from. The schema is kept as a hash: the schema itself is stored
     with the data version. Extra fields (a pipeline run id, say) are kept as given."""
@@ -123,7 +115,7 @@ class ModelVersion(BaseModel):
     size_bytes: int
     artifact_uri: str
     status: Literal["candidate", "rejected"]
-    gates: list[GateResult] = []
+    gates: list[Gate] = []
     lineage: Lineage
     params: dict[str, Any]
     metrics: dict[str, Any]
@@ -222,7 +214,7 @@ class Registry:
     # -- writing ---------------------------------------------------------------------------
 
     def register(self, name: str, model: object, *, lineage: Lineage | dict, params: dict, metrics: dict,
-                 status: str = "candidate", gates: Iterable[GateResult | dict] = ()) -> ModelVersion:
+                 status: str = "candidate", gates: Iterable[Gate | dict] = ()) -> ModelVersion:
         """Store `model` as the next version of `name` and return that version.
 
         Everything is validated before anything is written. A candidate must have passed
@@ -234,7 +226,7 @@ class Registry:
             draft = ModelVersion(
                 name=name, version=0, created_at=datetime.now(UTC), sha256=hashlib.sha256(data).hexdigest(),
                 size_bytes=len(data), artifact_uri="", status=status,
-                gates=[GateResult.model_validate(g, from_attributes=True) for g in gates],
+                gates=[Gate.model_validate(g, from_attributes=True) for g in gates],
                 lineage=Lineage.model_validate(lineage, from_attributes=True), params=params, metrics=metrics,
             )
             draft.model_dump_json()  # params and metrics must be JSON: find out before writing anything

@@ -62,6 +62,21 @@ class MetricThreshold(_Strict):
         return self
 
 
+class Gate(BaseModel):
+    """One threshold of the spec's goal or budget, checked against a measured value."""
+
+    name: str
+    metric: str
+    op: Literal[">=", "<="]
+    threshold: float
+    value: float | None
+    passed: bool
+
+    def describe(self) -> str:
+        value = "n/a" if self.value is None else f"{self.value:.4g}"
+        return f"{'PASS' if self.passed else 'FAIL'} {self.name}: {self.metric} = {value} (needs {self.op} {self.threshold:g})"
+
+
 class CostMatrix(_Strict):
     """Business cost of each error kind; chooses the decision threshold of a binary classifier."""
 

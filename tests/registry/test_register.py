@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from modelcycle.registry import GateResult, InvalidName, Lineage, ModelNotFound, Registry, RegistryError
+from modelcycle.registry import Gate, InvalidName, Lineage, ModelNotFound, Registry, RegistryError
 
 from .conftest import LINEAGE, REJECTED
 
@@ -40,7 +40,7 @@ def test_manifest_records_digest_size_time_and_lineage_of_what_is_on_disk(root, 
     assert stored == version
     assert stored.lineage.data_version == LINEAGE["data_version"]
     assert stored.lineage.pipeline_run == "run-7"  # extra lineage fields are kept
-    assert stored.gates == [GateResult(name="test.roc_auc", metric="roc_auc", op=">=", threshold=0.8,
+    assert stored.gates == [Gate(name="test.roc_auc", metric="roc_auc", op=">=", threshold=0.8,
                                        value=0.91, passed=True)]
     manifest = json.loads((root / "fraud" / "versions" / "1" / "version.json").read_text())
     assert manifest["sha256"] == version.sha256 and "aliases" not in manifest

@@ -94,6 +94,7 @@ def run_local(spec_path: str | Path, *, workdir: str | Path = ".modelcycle", reg
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir / "artifacts"))
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+            warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
             task = training_pipeline(
                 spec_yaml=spec_path.read_text(),
                 base_dir=str(spec_path.parent),
