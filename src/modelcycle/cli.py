@@ -39,9 +39,11 @@ data_app = typer.Typer(help="Data versions and validation.", no_args_is_help=Tru
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
 app.add_typer(cluster_app, name="cluster")
+shadow_app = typer.Typer(help="Shadow validation: production and shadow predictions compared.", no_args_is_help=True)
+app.add_typer(shadow_app, name="shadow")
 
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # error lines name paths: never hard-wrap them
 
 SpecArg = Annotated[Path, typer.Argument(help="The project spec.", show_default=True)]
 WorkdirOpt = Annotated[Path, typer.Option("--workdir", "-w", help="Where data versions, runs and the registry live.")]
@@ -385,6 +387,46 @@ def models_alias(
     except (RegistryError, KeyError, ValueError) as exc:
         raise _fail(str(exc.args[0] if exc.args else exc), EXIT_USAGE) from None
     console.print(f"{name}@{alias} -> version {v.version}")
+
+
+@shadow_app.command("report")
+def shadow_report(
+    log_dir: Annotated[Path, typer.Argument(help="The gateway's prediction log folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the HTML report.")] = Path("shadow-report.html"),
+    min_requests: Annotated[int, typer.Option(help="Compared requests needed before a promote verdict.")] = 500,
+    min_agreement: Annotated[float, typer.Option(help="Smallest share of rows with the same prediction.")] = 0.95,
+    max_latency_ratio: Annotated[float, typer.Option(help="Largest shadow/production p50 latency ratio.")] = 1.5,
+    max_error_rate: Annotated[float, typer.Option(help="Largest share of mirrored requests the shadow failed.")] = 0.01,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON too.")] = False,
+) -> None:
+    """Compare the shadow with production from the prediction log; write an HTML report with plots.
+
+    Exit code 0 for a promote or hold verdict, 3 for reject."""
+    from pydantic import ValidationError
+
+    from modelcycle.monitoring.predictions import read_prediction_log
+    from modelcycle.monitoring.shadow import ShadowPolicy, compare_shadow, render_shadow_report
+
+    try:
+        policy = ShadowPolicy(min_requests=min_requests, min_agreement=min_agreement,
+                              max_latency_ratio=max_latency_ratio, max_error_rate=max_error_rate)
+    except ValidationError as exc:
+        raise _fail("; ".join(f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors()),
+                    EXIT_USAGE) from None
+    if not log_dir.is_dir():
+        raise _fail(f"{log_dir}: no such prediction log folder", EXIT_USAGE)
+    log = read_prediction_log(log_dir)
+    comparison = compare_shadow(log, policy=policy)
+    render_shadow_report(comparison, log, out)
+    if as_json:
+        console.print_json(comparison.model_dump_json())
+    color = {"promote": "green", "hold": "yellow", "reject": "red"}[comparison.verdict]
+    console.print(f"verdict [{color}]{comparison.verdict}[/] on {comparison.compared_requests:,} compared requests")
+    for reason in comparison.reasons:
+        console.print(f"  - {reason}")
+    console.print(f"report: {out}")
+    if comparison.verdict == "reject":
+        raise typer.Exit(EXIT_REJECTED)
 
 
 def main() -> None:  # pragma: no cover - console entry
