@@ -54,7 +54,9 @@ class CoerceTypes(TransformerMixin, BaseEstimator):
             out[col] = s.astype("float64") if pd.api.types.is_numeric_dtype(s) else pd.to_numeric(s, errors="coerce")
         for col in self.categorical:
             s = X[col]
-            out[col] = s.astype(object).where(s.notna(), None).map(lambda v: v if v is None else str(v))
+            values = s.astype(str).to_numpy(dtype=object)
+            values[s.isna().to_numpy()] = None
+            out[col] = values
         for col in self.datetime:
             s = X[col]
             out[col] = s if pd.api.types.is_datetime64_any_dtype(s) else pd.to_datetime(s, errors="coerce", utc=False)

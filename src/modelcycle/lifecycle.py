@@ -69,11 +69,13 @@ def validate_phase(spec: ProjectSpec, version: DataVersion, *, store: DataStore,
     return schema, report
 
 
-def train_phase(spec: ProjectSpec, frame: pd.DataFrame, candidate: int, *, artifact_path: str | Path) -> CandidateRun:
+def train_phase(spec: ProjectSpec, frame: pd.DataFrame, candidate: int, *, artifact_path: str | Path,
+                n_jobs: int | None = None) -> CandidateRun:
     from modelcycle.training import split_data, train_candidate
 
     splits = split_data(frame, spec)
-    _, run = train_candidate(spec, spec.training.candidates[candidate], splits.train, artifact_path=str(artifact_path))
+    _, run = train_candidate(spec, spec.training.candidates[candidate], splits.train,
+                             artifact_path=str(artifact_path), n_jobs=n_jobs)
     return run
 
 

@@ -223,8 +223,11 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def train_candidate(spec: ProjectSpec, candidate: Candidate, train: pd.DataFrame, *, artifact_path: str) -> tuple[TrainedModel, CandidateRun]:
-    """Search `candidate`'s space with CV on (a sample of) `train`, refit the winner on all of it."""
+def train_candidate(spec: ProjectSpec, candidate: Candidate, train: pd.DataFrame, *, artifact_path: str,
+                    n_jobs: int | None = None) -> tuple[TrainedModel, CandidateRun]:
+    """Search `candidate`'s space with CV on (a sample of) `train`, refit the winner on all of it.
+    `n_jobs` overrides the spec's when the caller knows how many searches share the machine."""
+    n_jobs = spec.training.n_jobs if n_jobs is None else n_jobs
     target = spec.data.target
     classification = spec.is_classification
     seed = spec.split.seed
@@ -241,13 +244,13 @@ def train_candidate(spec: ProjectSpec, candidate: Candidate, train: pd.DataFrame
     if space:
         search = RandomizedSearchCV(
             pipeline, space, n_iter=spec.training.search_iterations, scoring=scoring, cv=cv, refit=False,
-            random_state=seed, n_jobs=spec.training.n_jobs, error_score="raise",
+            random_state=seed, n_jobs=n_jobs, error_score="raise",
         )
         search.fit(sample, sample[target])
         results = search.cv_results_
         best = int(search.best_index_)
     else:  # nothing to search: cross-validate the fixed parameters
-        scores = cross_val_score(pipeline, sample, sample[target], scoring=scoring, cv=cv, n_jobs=spec.training.n_jobs)
+        scores = cross_val_score(pipeline, sample, sample[target], scoring=scoring, cv=cv, n_jobs=n_jobs)
         results = {"params": [{}], "mean_test_score": [scores.mean()], "std_test_score": [scores.std()]}
         best = 0
     search_seconds = time.perf_counter() - started

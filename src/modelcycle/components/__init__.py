@@ -70,14 +70,21 @@ def validate(spec_yaml: str, base_dir: str, store_uri: str, data_version: str, s
 
 @component
 def train(spec_yaml: str, data: Input[Dataset], candidate: int, model: Output[Model], metrics: Output[Metrics]):
-    """Search one candidate's hyperparameters with cross-validation and refit the best on the training split."""
+    """Search one candidate's hyperparameters with cross-validation and refit the best on the training split.
+
+    MODELCYCLE_TRAIN_JOBS, when set, caps the search's processes: kfp.local runs two
+    candidates at once on one machine, where a pod on a cluster has its own CPUs."""
+    import os
+
     import pandas as pd
 
     from modelcycle.lifecycle import train_phase
     from modelcycle.spec import spec_from_text
 
     spec = spec_from_text(spec_yaml)
-    run = train_phase(spec, pd.read_parquet(data.path), int(candidate), artifact_path=model.path)
+    jobs = os.environ.get("MODELCYCLE_TRAIN_JOBS")
+    run = train_phase(spec, pd.read_parquet(data.path), int(candidate), artifact_path=model.path,
+                      n_jobs=int(jobs) if jobs else None)
     model.metadata.update({"run": run.model_dump_json(), "sha256": run.sha256, "algorithm": run.algorithm})
     metrics.log_metric(f"cv_{run.cv_metric}", run.cv_mean)
     metrics.log_metric(f"cv_{run.cv_metric}_std", run.cv_std)

@@ -25,6 +25,8 @@ from kfp.dsl import HTML
 from modelcycle import components as c
 
 PIPELINE_NAME = "modelcycle-training"
+#: How many ParallelFor iterations kfp.local runs at once (its ParallelExecutor's cap).
+LOCAL_PARALLEL_TASKS = 2
 
 
 class TrainingOutputs(NamedTuple):
@@ -87,8 +89,13 @@ def run_local(spec_path: str | Path, *, workdir: str | Path = ".modelcycle", reg
     run_dir = workdir / "runs" / time.strftime("%Y%m%d-%H%M%S")
     tmp = run_dir / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
-    previous_tmp = os.environ.get("TMPDIR")
-    os.environ["TMPDIR"] = str(tmp)  # kfp.local leaves a folder per task in TMPDIR
+    # kfp.local leaves a folder per task in TMPDIR, and runs two ParallelFor tasks at once:
+    # each candidate's search gets half the cores, and so do its OpenMP threads, or four
+    # processes fight over two cores.
+    share = str(max(1, (os.cpu_count() or 2) // LOCAL_PARALLEL_TASKS))
+    overrides = {"TMPDIR": str(tmp), "MODELCYCLE_TRAIN_JOBS": share, "OMP_NUM_THREADS": share}
+    previous = {key: os.environ.get(key) for key in overrides}
+    os.environ.update(overrides)
     started = time.perf_counter()
     try:
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir / "artifacts"))
@@ -102,10 +109,11 @@ def run_local(spec_path: str | Path, *, workdir: str | Path = ".modelcycle", reg
                 registry_uri=registry_uri or str(workdir / "registry"),
             )
     finally:
-        if previous_tmp is None:
-            os.environ.pop("TMPDIR", None)
-        else:
-            os.environ["TMPDIR"] = previous_tmp
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     seconds = time.perf_counter() - started
     report = run_dir / "report.html"
     shutil.copyfile(task.outputs["report"].path, report)
