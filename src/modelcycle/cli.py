@@ -23,6 +23,7 @@ from rich.table import Table
 
 from modelcycle import __version__
 from modelcycle.cluster.cli import cluster_app
+from modelcycle.serving.cli import serving_commands
 
 EXIT_FAILURE, EXIT_USAGE, EXIT_REJECTED, EXIT_INVALID_DATA = 1, 2, 3, 4
 DEFAULT_WORKDIR = Path(".modelcycle")
@@ -47,7 +48,7 @@ err = Console(stderr=True, soft_wrap=True)  # error lines name paths: never hard
 
 SpecArg = Annotated[Path, typer.Argument(help="The project spec.", show_default=True)]
 WorkdirOpt = Annotated[Path, typer.Option("--workdir", "-w", help="Where data versions, runs and the registry live.")]
-RegistryOpt = Annotated[Optional[str], typer.Option("--registry", help="Registry path or fsspec URL [default: WORKDIR/registry].")]
+RegistryOpt = Annotated[Optional[str], typer.Option("--registry", help="Registry path or fsspec URL (default: WORKDIR/registry).")]
 
 
 def _fail(message: str, code: int = EXIT_FAILURE) -> typer.Exit:
@@ -427,6 +428,9 @@ def shadow_report(
     console.print(f"report: {out}")
     if comparison.verdict == "reject":
         raise typer.Exit(EXIT_REJECTED)
+
+
+serving_commands(app)
 
 
 def main() -> None:  # pragma: no cover - console entry

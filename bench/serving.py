@@ -1,0 +1,353 @@
+"""Bench: serving one model over HTTP, next to its floors and a naive BentoML peer.
+
+Same model (the fraud example's logistic regression, packaged by `modelcycle package`),
+same requests (held-out records, one per request), one run. Each server runs in its own
+process; the load comes from another process, an aiohttp client with a fixed number of
+connections, each sending its next request when the last one is answered, bounded in
+count and in time, to 127.0.0.1 only. Two loads per server: one connection (latency) and
+`--concurrency` connections (throughput).
+
+Rows printed, with p50, p99 and throughput:
+
+- in-process: `predict_proba` and `decide` on a one-row DataFrame (the compute floor);
+- HTTP echo: uvicorn with a bare ASGI app that returns the body (the HTTP floor);
+- naive bento: a BentoML service that builds a DataFrame per request, one row per call,
+  no batching (the peer);
+- our bento: ``/predict`` (one model call per request) and ``/predict_batch`` (adaptive
+  batching merges concurrent requests into one model call);
+- our bento ``/predict`` while a second bento (the shadow) takes the same load from another
+  client: the work 100% mirroring adds to the machine, without a gateway;
+- the gateway in front of our bento, mirroring off, and mirroring 100% to that second bento.
+
+Targets, printed next to the figures: single-row p50 at most 1.5x (compute floor + HTTP
+floor); batched throughput at least 5x the naive bento's; the gateway adds at most 1 ms to
+p50 and keeps at least 0.9x the throughput of ``/predict`` without it. With mirroring on,
+it is compared both with our bento alone and with our bento next to a loaded shadow: on a
+machine where the shadow shares production's cores, the shadow's own compute is the larger
+cost, and only the second comparison isolates what the gateway adds.
+
+    .venv/bin/python bench/serving.py                 # about three minutes
+    .venv/bin/python bench/serving.py --duration 10 --concurrency 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.util
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+ROUNDS = 3
+"""Each row is measured in this many slices, interleaved with the other rows."""
+EXAMPLE = ROOT / "examples" / "fraud"
+
+NAIVE_SERVICE = '''
+"""The peer: a straightforward BentoML service, one row per call, a DataFrame per request."""
+import os
+
+import bentoml
+import pandas as pd
+
+from modelcycle import artifacts
+
+
+@bentoml.service(workers=1)
+class Naive:
+    def __init__(self):
+        self.model = artifacts.load(os.environ["NAIVE_MODEL"], sha256=os.environ["NAIVE_SHA256"])
+
+    @bentoml.api
+    def predict(self, record: dict) -> dict:
+        frame = pd.DataFrame([record])
+        proba = self.model.predict_proba(frame)
+        return {"prediction": self.model.decide(proba).tolist()[0],
+                "probabilities": dict(zip(map(str, self.model.classes), proba[0].tolist()))}
+'''
+
+
+# -- the load generator and the echo server, each run as a process of its own -------------------
+
+async def _load(url: str, bodies: list[bytes], *, concurrency: int, duration_s: float, max_requests: int,
+                warmup: int) -> dict:
+    import aiohttp
+
+    latencies: list[float] = []
+    errors = 0
+    sent = 0
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    headers = {"content-type": "application/json"}
+    async with aiohttp.ClientSession(connector=connector) as session:
+        for i in range(warmup):
+            async with session.post(url, data=bodies[i % len(bodies)], headers=headers) as response:
+                await response.read()
+        started = time.perf_counter()
+        deadline = started + duration_s
+
+        async def worker(offset: int) -> None:
+            nonlocal errors, sent
+            while sent < max_requests and time.perf_counter() < deadline:
+                n = sent
+                sent += 1
+                t0 = time.perf_counter()
+                async with session.post(url, data=bodies[(n + offset) % len(bodies)],
+                                        headers={**headers, "X-Request-ID": f"bench-{offset}-{n}"}) as response:
+                    await response.read()
+                    if response.status != 200:
+                        errors += 1
+                latencies.append(time.perf_counter() - t0)
+
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return {"latencies": latencies, "elapsed": elapsed, "errors": errors}
+
+
+def _stats(latencies: list[float], elapsed: float, *, errors: int = 0) -> dict:
+    ordered = sorted(latencies)
+    return {"n": len(ordered), "errors": errors, "p50_ms": 1000 * statistics.median(ordered),
+            "p99_ms": 1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
+            "rps": len(ordered) / elapsed}
+
+
+def _echo_app():
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+# -- the bench ---------------------------------------------------------------------------------
+
+def _model(workdir: Path):
+    """Train and register the example's logistic regression; return the registry, the model and records."""
+    from modelcycle.registry import Registry
+    from modelcycle.spec import parse_spec
+    from modelcycle.training import split_data, train_candidate
+    from modelcycle.validation import infer_schema
+
+    module_spec = importlib.util.spec_from_file_location("fraud_generate", EXAMPLE / "generate.py")
+    generate = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(generate)
+    frame = generate.generate(20_000)
+    spec_dict = yaml.safe_load((EXAMPLE / "modelcycle.yaml").read_text())
+    spec_dict["training"].update(cv_folds=2, n_jobs=1)
+    spec = parse_spec(spec_dict)
+    splits = split_data(frame, spec)
+    (candidate,) = [c for c in spec.training.candidates if c.algorithm == "logistic_regression"]
+    model, _ = train_candidate(spec, candidate.model_copy(update={"search_space": {}}), splits.train,
+                               artifact_path=str(workdir / "model.joblib"))
+    model.schema = infer_schema(splits.train, spec)
+    registry = Registry(workdir / "registry")
+    gates = [{"name": "bench", "metric": "roc_auc", "op": ">=", "threshold": 0, "value": 1, "passed": True}]
+    version = registry.register("fraud", model, lineage={}, params={"algorithm": "logistic_regression"},
+                                metrics={}, gates=gates)
+    test = splits.test.drop(columns=[spec.data.target]).head(500)
+    records = json.loads(test.to_json(orient="records", date_format="iso"))
+    return registry, version, model, records
+
+
+def _in_process(model, records: list[dict], duration_s: float) -> dict:
+    import pandas as pd
+
+    latencies = []
+    started = time.perf_counter()
+    i = 0
+    while time.perf_counter() - started < duration_s and i < 100_000:
+        t0 = time.perf_counter()
+        frame = pd.DataFrame([records[i % len(records)]])
+        model.decide(model.predict_proba(frame))
+        latencies.append(time.perf_counter() - t0)
+        i += 1
+    return {"latencies": latencies, "elapsed": time.perf_counter() - started, "errors": 0}
+
+
+def _load_process(url: str, bodies_file: Path, *, concurrency: int, duration_s: float) -> dict:
+    command = [sys.executable, "-P", __file__, "load", url, str(bodies_file), "--concurrency", str(concurrency),
+               "--duration", str(duration_s)]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=duration_s + 120)
+    if proc.returncode != 0:
+        raise RuntimeError(f"load generator failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout)
+
+
+@contextlib.contextmanager
+def _background_load(url: str | None, bodies_file: Path, *, concurrency: int, duration_s: float):
+    if url is None:
+        yield
+        return
+    command = [sys.executable, "-P", __file__, "load", url, str(bodies_file), "--concurrency", str(concurrency),
+               "--duration", str(duration_s + 1)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        process.wait(timeout=duration_s + 120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command")
+    load = sub.add_parser("load", help="(internal) generate load")
+    load.add_argument("url")
+    load.add_argument("bodies", type=Path)
+    load.add_argument("--concurrency", type=int, default=1)
+    load.add_argument("--duration", type=float, default=5.0)
+    load.add_argument("--max-requests", type=int, default=200_000)
+    load.add_argument("--warmup", type=int, default=20)
+    echo = sub.add_parser("echo", help="(internal) the HTTP floor: an echo server")
+    echo.add_argument("--port", type=int, required=True)
+    parser.add_argument("--duration", type=float, default=6.0, help="seconds per load")
+    parser.add_argument("--concurrency", type=int, default=32, help="connections of the throughput load")
+    args = parser.parse_args()
+
+    if args.command == "load":
+        bodies = [line.encode() for line in args.bodies.read_text().splitlines() if line]
+        result = asyncio.run(_load(args.url, bodies, concurrency=args.concurrency, duration_s=args.duration,
+                                   max_requests=args.max_requests, warmup=args.warmup))
+        print(json.dumps(result))
+        return
+    if args.command == "echo":
+        import uvicorn
+
+        uvicorn.run(_echo_app(), host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
+        return
+    with tempfile.TemporaryDirectory(prefix="modelcycle-bench-serving-") as tmp:
+        run(Path(tmp), duration_s=args.duration, concurrency=args.concurrency)
+
+
+def run(workdir: Path, *, duration_s: float, concurrency: int) -> None:
+    from modelcycle.serving.local import ServerProcess, free_port, serve_bento, start_process, stop_process, wait_ready
+    from modelcycle.serving.packaging import bentoml_env, package
+
+    print("training and packaging the model ...", flush=True)
+    registry, version, model, records = _model(workdir)
+    bento = package(registry, f"fraud@{version.version}", workdir=workdir)
+    single = workdir / "single.jsonl"
+    single.write_text("".join(json.dumps({"records": [r]}) + "\n" for r in records))
+    naive_bodies = workdir / "naive.jsonl"
+    naive_bodies.write_text("".join(json.dumps({"record": r}) + "\n" for r in records))
+    (workdir / "naive").mkdir()
+    (workdir / "naive" / "naive_service.py").write_text(NAIVE_SERVICE)
+
+    servers: list[ServerProcess] = []
+
+    def start(role: str, command: list[str], **kwargs) -> ServerProcess:
+        port = free_port()
+        server = start_process(role, [*command, "--port", str(port)], url=f"http://127.0.0.1:{port}",
+                               log=workdir / f"{role}.log", **kwargs)
+        servers.append(server)
+        return server
+
+    try:
+        echo = start("echo", [sys.executable, "-P", __file__, "echo"])
+        naive_env = {**bentoml_env(workdir), "NAIVE_SHA256": version.sha256,
+                     "NAIVE_MODEL": str(workdir / "registry" / "fraud" / "versions" / "1" / "model.joblib")}
+        naive = start("naive", [sys.executable, "-m", "bentoml", "serve", "naive_service:Naive", "--host", "127.0.0.1"],
+                      env=naive_env, cwd=workdir / "naive")
+        ours = serve_bento(bento, role="production", workdir=workdir)
+        shadow = serve_bento(bento, role="shadow", workdir=workdir)
+        servers.extend([ours, shadow])
+        for server in (echo, naive, ours, shadow):
+            wait_ready(server, path="/" if server is echo else "/readyz")
+        gateway = [sys.executable, "-m", "modelcycle.serving.gateway", "--production-url", ours.url]
+        gateway_off = start("gateway-off", [*gateway, "--mirror-percent", "0", "--log-dir", str(workdir / "log-off")])
+        gateway_on = start("gateway-on", [*gateway, "--shadow-url", shadow.url, "--mirror-percent", "100",
+                                          "--log-dir", str(workdir / "log-on")])
+        for server in (gateway_off, gateway_on):
+            wait_ready(server)
+        configs = [  # label, URL, bodies, a URL that gets the same load meanwhile
+            ("HTTP echo (HTTP floor)", echo.url + "/", single, None),
+            ("naive bento (peer)", naive.url + "/predict", naive_bodies, None),
+            ("our bento /predict", ours.url + "/predict", single, None),
+            ("our bento /predict_batch", ours.url + "/predict_batch", single, None),
+            ("gateway, mirroring off", gateway_off.url + "/predict", single, None),
+            ("our bento /predict, shadow loaded too", ours.url + "/predict", single, shadow.url + "/predict"),
+            ("gateway, mirroring 100%", gateway_on.url + "/predict", single, None),
+        ]
+        # Rounds, each measuring every row for a slice of the time: a machine whose load
+        # changes during the run (other builds, say) then skews every row alike.
+        slice_s = duration_s / ROUNDS
+        raw: dict[str, dict[str, list]] = {label: {"latency": [], "throughput": []}
+                                           for label in ["in-process predict (compute floor)", *(c[0] for c in configs)]}
+        for round_ in range(ROUNDS):
+            print(f"round {round_ + 1} of {ROUNDS} ...", flush=True)
+            run_ = _in_process(model, records, slice_s)
+            raw["in-process predict (compute floor)"]["latency"].append(run_)
+            raw["in-process predict (compute floor)"]["throughput"].append(run_)
+            for label, url, bodies, alongside in configs:
+                for load, connections in (("latency", 1), ("throughput", concurrency)):
+                    with _background_load(alongside, bodies, concurrency=connections, duration_s=slice_s):
+                        raw[label][load].append(_load_process(url, bodies, concurrency=connections,
+                                                              duration_s=slice_s))
+    finally:
+        for server in reversed(servers):
+            stop_process(server)
+    results = {}
+    for label, loads in raw.items():
+        merged = {load: _stats([x for r in runs for x in r["latencies"]], sum(r["elapsed"] for r in runs),
+                               errors=sum(r["errors"] for r in runs)) for load, runs in loads.items()}
+        results[label] = {**merged["latency"], "throughput": merged["throughput"]}
+    report(results, concurrency=concurrency)
+
+
+def report(results: dict[str, dict], *, concurrency: int) -> None:
+    print(f"\nserving one fraud record per request; latency at 1 connection, throughput at {concurrency}")
+    print(f"{'':38} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}   {'thr. p50':>8} {'thr. p99':>8} {'errors':>6}")
+    for label, r in results.items():
+        t = r["throughput"]
+        print(f"{label:38} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} {t['rps']:8.0f}   {t['p50_ms']:8.2f} "
+              f"{t['p99_ms']:8.2f} {r['errors'] + t['errors']:6d}")
+
+    def get(label: str) -> dict | None:
+        return results.get(label)
+
+    compute, echo, naive = get("in-process predict (compute floor)"), get("HTTP echo (HTTP floor)"), get("naive bento (peer)")
+    ours, batch = get("our bento /predict"), get("our bento /predict_batch")
+    print("\ntargets")
+    floors = compute["p50_ms"] + echo["p50_ms"]
+    print(f"  single-row p50 <= 1.5 x (compute floor + HTTP floor): {ours['p50_ms']:.2f} ms vs 1.5 x {floors:.2f} = "
+          f"{1.5 * floors:.2f} ms ({ours['p50_ms'] / floors:.2f}x)  {_verdict(ours['p50_ms'] <= 1.5 * floors)}")
+    ratio = batch["throughput"]["rps"] / naive["throughput"]["rps"]
+    print(f"  batched throughput >= 5 x naive bento: {batch['throughput']['rps']:.0f} vs {naive['throughput']['rps']:.0f} "
+          f"req/s ({ratio:.1f}x)  {_verdict(ratio >= 5)}")
+    for label, base_label in (("gateway, mirroring off", "our bento /predict"),
+                              ("gateway, mirroring 100%", "our bento /predict, shadow loaded too"),
+                              ("gateway, mirroring 100%", "our bento /predict")):
+        gw, base = get(label), get(base_label)
+        added = gw["p50_ms"] - base["p50_ms"]
+        kept = gw["throughput"]["rps"] / base["throughput"]["rps"]
+        print(f"  {label} vs {base_label}: adds {added:+.2f} ms to p50 (<= 1 ms)  {_verdict(added <= 1.0)}; "
+              f"keeps {kept:.2f}x throughput (>= 0.9x)  {_verdict(kept >= 0.9)}")
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+if __name__ == "__main__":
+    main()

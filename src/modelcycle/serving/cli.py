@@ -1,0 +1,76 @@
+"""The serving commands of the `modelcycle` CLI: ``package`` and ``serve``.
+
+`serving_commands(app)` adds them to the main typer app. It is called at the end of
+`modelcycle.cli`, so it can reuse that module's options and helpers, and it imports BentoML
+only when a command runs: ``modelcycle --help`` stays fast.
+"""
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+def serving_commands(app: typer.Typer) -> None:
+    """Add ``package`` and ``serve`` to `app`."""
+    from modelcycle.cli import DEFAULT_WORKDIR, EXIT_USAGE, RegistryOpt, WorkdirOpt, _fail, _registry, console
+
+    @app.command("package")
+    def package_(
+        ref: Annotated[str, typer.Argument(help="name@version or name@alias, e.g. fraud@champion")],
+        workdir: WorkdirOpt = DEFAULT_WORKDIR,
+        registry: RegistryOpt = None,
+        wheel: Annotated[Optional[Path], typer.Option(
+            help="A modelcycle wheel for the image (default: built from this checkout).")] = None,
+    ) -> None:
+        """Build the BentoML bento of a model version: its artifact (sha256 checked), a
+        modelcycle wheel and the generated Dockerfile. Records the bento and image on the version."""
+        from modelcycle.artifacts import ArtifactIntegrityError
+        from modelcycle.registry import RegistryError
+        from modelcycle.serving.packaging import PackagingError, package
+
+        if "@" not in ref:
+            raise _fail(f"{ref!r}: say which version to package, e.g. {ref}@champion or {ref}@3", EXIT_USAGE)
+        try:
+            with console.status(f"packaging {ref}"):
+                bento = package(_registry(registry, workdir), ref, workdir=workdir, wheel=wheel)
+        except (KeyError, ValueError) as exc:  # unknown model, version or alias; a bad name
+            raise _fail(str(exc.args[0] if exc.args else exc), EXIT_USAGE) from None
+        except (ArtifactIntegrityError, PackagingError, RegistryError) as exc:
+            raise _fail(str(exc)) from None
+        console.print(f"{'built' if bento.built else 'already built'}: bento [b]{bento.tag}[/]\n"
+                      f"  folder:     {bento.path}\n  Dockerfile: {bento.dockerfile}\n"
+                      f"  image:      {bento.image}  (BENTOML_HOME={Path(workdir).resolve() / 'bentoml'} "
+                      f"bentoml containerize {bento.tag})", soft_wrap=True)
+
+    @app.command()
+    def serve(
+        model: Annotated[str, typer.Argument(
+            help="The production model: name (its champion, else its latest version), name@version or name@alias.")],
+        shadow: Annotated[Optional[str], typer.Option(
+            help="A version or alias of the same model to run as a shadow.")] = None,
+        mirror_percent: Annotated[float, typer.Option(
+            "--mirror-percent", min=0, max=100, help="Share of requests mirrored to the shadow.")] = 100.0,
+        port: Annotated[int, typer.Option(help="The gateway's port.")] = 8080,
+        host: Annotated[str, typer.Option(help="The address every server binds.")] = "127.0.0.1",
+        log_dir: Annotated[Optional[Path], typer.Option(
+            help="The prediction log (default: WORKDIR/predictions/NAME).")] = None,
+        workdir: WorkdirOpt = DEFAULT_WORKDIR,
+        registry: RegistryOpt = None,
+    ) -> None:
+        """Serve a model locally: production and an optional shadow, each from its bento, behind
+        the gateway, which mirrors traffic to the shadow and logs both answers. Ctrl-C stops all."""
+        from modelcycle.artifacts import ArtifactIntegrityError
+        from modelcycle.registry import RegistryError
+        from modelcycle.serving.local import LocalServing, ServingError
+        from modelcycle.serving.packaging import PackagingError
+
+        serving = LocalServing(registry=_registry(registry, workdir), workdir=Path(workdir), model=model,
+                               shadow=shadow, mirror_percent=mirror_percent, port=port, host=host, log_dir=log_dir,
+                               say=lambda text: console.print(text, highlight=False, soft_wrap=True))
+        try:
+            serving.run_until_signal()
+        except (KeyError, ValueError) as exc:
+            raise _fail(str(exc.args[0] if exc.args else exc), EXIT_USAGE) from None
+        except (ArtifactIntegrityError, PackagingError, RegistryError, ServingError) as exc:
+            raise _fail(str(exc)) from None

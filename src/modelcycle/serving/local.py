@@ -1,0 +1,236 @@
+"""Local serving: production, an optional shadow and the gateway as processes on this machine.
+
+This is what `modelcycle serve` runs, the embedded default for serving, and the same shape
+as a deployment on Kubernetes: each model version is served from its bento by ``bentoml
+serve`` (packaged first if it was not), and the gateway (`modelcycle.serving.gateway`) sits
+in front, forwarding to production and mirroring a share of the traffic to the shadow.
+
+Every process starts in a session of its own, so stopping it stops its children too. The
+model servers listen on free ports; only the gateway takes the port asked for. All bind
+127.0.0.1 unless told otherwise.
+Start-up waits for each server's ``/readyz`` and fails with the end of its log if one exits
+or is not ready in time (a bento whose artifact fails its sha256 check never gets ready).
+Shutdown runs in reverse: the gateway first, with SIGTERM, so that it drains its mirrors and
+flushes the prediction log, then the model servers; whatever ignores SIGTERM gets SIGKILL.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from modelcycle.registry import ModelNotFound, ModelVersion, Registry, parse_model_ref
+from modelcycle.serving.packaging import PackagedBento, bentoml_env, package
+
+READY_TIMEOUT_S = 120.0
+"""How long a server may take to answer /readyz; a bento imports pandas, scikit-learn and
+BentoML and loads its model, which takes tens of seconds on a busy machine."""
+BENTOML_STARTUP_FAILED = "Application startup failed"
+"""What BentoML logs when the service cannot start (its model failed to load, say); the
+server process stays up, so waiting for readiness would only time out."""
+STOP_TIMEOUT_S = 20.0
+"""How long a server may take to exit after SIGTERM before it gets SIGKILL. The gateway's
+own drain timeout (10 s by default) must fit in it."""
+
+
+class ServingError(RuntimeError):
+    """A server could not be started; the message says which, and why."""
+
+
+@dataclass
+class ServerProcess:
+    """One running server: what it is, where it listens, where it logs."""
+
+    role: str
+    url: str
+    process: subprocess.Popen
+    log: Path
+    failed_when: str | None = None
+    """A line in the log that means the server will never get ready, though it keeps running."""
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def start_process(role: str, command: Sequence[str], *, url: str, log: Path, env: dict[str, str] | None = None,
+                  cwd: str | os.PathLike | None = None) -> ServerProcess:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as out:
+        process = subprocess.Popen(list(command), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   env=env, cwd=cwd, start_new_session=True)
+    return ServerProcess(role=role, url=url, process=process, log=log)
+
+
+def wait_ready(server: ServerProcess, *, timeout_s: float = READY_TIMEOUT_S, path: str = "/readyz") -> None:
+    """Return once `server` answers 200 on `path`; raise `ServingError` if it exits or times out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if not server.alive():
+            raise ServingError(f"{server.role} exited with code {server.process.returncode} before it was ready; "
+                               f"its log ({server.log}) ends with:\n{server.log_tail()}")
+        try:
+            with urllib.request.urlopen(server.url + path, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if server.failed_when and server.failed_when in server.log_tail(200):
+            raise ServingError(f"{server.role} failed to start; its log ({server.log}) ends with:\n{server.log_tail()}")
+        if time.monotonic() > deadline:
+            raise ServingError(f"{server.role} was not ready at {server.url}{path} after {timeout_s:.0f} s; "
+                               f"its log ({server.log}) ends with:\n{server.log_tail()}")
+        time.sleep(0.25)
+
+
+def stop_process(server: ServerProcess, *, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
+    """SIGTERM the server, SIGKILL its whole session if it is still there after `timeout_s`."""
+    if server.alive():
+        try:
+            server.process.send_signal(signal.SIGTERM)
+            server.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(server.process.pid, signal.SIGKILL)  # children left behind, or a server that ignored SIGTERM
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        return server.process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def serve_bento(bento: PackagedBento, *, role: str, workdir: Path, port: int | None = None,
+                host: str = "127.0.0.1") -> ServerProcess:
+    """Start ``bentoml serve`` on a packaged bento (it is not ready yet; see `wait_ready`)."""
+    port = port or free_port(host)
+    command = [sys.executable, "-m", "bentoml", "serve", bento.tag, "--host", host, "--port", str(port)]
+    server = start_process(role, command, url=f"http://{host}:{port}", log=workdir / "serve" / f"{role}.log",
+                           env=bentoml_env(workdir), cwd=workdir)
+    server.failed_when = BENTOML_STARTUP_FAILED
+    return server
+
+
+@dataclass
+class LocalServing:
+    """Production, an optional shadow and the gateway, run as local processes."""
+
+    registry: Registry
+    workdir: Path
+    model: str
+    """``name``, ``name@version`` or ``name@alias``; a bare name means the champion, or the
+    latest version when there is no champion."""
+    shadow: str | None = None
+    """A version number or alias of the same model."""
+    mirror_percent: float = 100.0
+    port: int = 8080
+    host: str = "127.0.0.1"
+    log_dir: Path | None = None
+    """Where the gateway writes the prediction log [default: WORKDIR/predictions/NAME]."""
+    say: Callable[[str], None] = print
+    servers: list[ServerProcess] = field(default_factory=list)
+    production_version: ModelVersion | None = None
+    shadow_version: ModelVersion | None = None
+
+    def resolve(self) -> tuple[ModelVersion, ModelVersion | None]:
+        name, ref = parse_model_ref(self.model)
+        try:
+            production = self.registry.get(name, "champion" if "@" not in self.model else ref)
+        except ModelNotFound:
+            if "@" in self.model:
+                raise
+            production = self.registry.get(name, "latest")
+        shadow = None
+        if self.shadow is not None:
+            shadow = self.registry.get(name, parse_model_ref(f"{name}@{self.shadow}")[1])
+            if shadow.version == production.version:
+                raise ValueError(f"--shadow {self.shadow} is version {shadow.version}, which is production already")
+        return production, shadow
+
+    def start(self) -> None:
+        """Package what needs it, start every server and wait until all are ready."""
+        self.production_version, self.shadow_version = self.resolve()
+        try:
+            bentos = {"production": self._package(self.production_version)}
+            if self.shadow_version is not None:
+                bentos["shadow"] = self._package(self.shadow_version)
+            for role, bento in bentos.items():
+                self.servers.append(serve_bento(bento, role=role, workdir=self.workdir, host=self.host))
+            for server in self.servers:
+                wait_ready(server)
+                self.say(f"{server.role}: {bentos[server.role].tag} at {server.url}")
+            self._start_gateway()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _package(self, version: ModelVersion) -> PackagedBento:
+        self.say(f"packaging {version.name}@{version.version} ...")
+        return package(self.registry, f"{version.name}@{version.version}", workdir=self.workdir)
+
+    def _start_gateway(self) -> None:
+        production = self.servers[0]
+        log_dir = self.log_dir or self.workdir / "predictions" / self.production_version.name
+        command = [sys.executable, "-m", "modelcycle.serving.gateway", "--production-url", production.url,
+                   "--log-dir", str(log_dir), "--host", self.host, "--port", str(self.port),
+                   "--mirror-percent", str(self.mirror_percent if self.shadow_version else 0)]
+        if self.shadow_version is not None:
+            command += ["--shadow-url", self.servers[1].url]
+        gateway = start_process("gateway", command, url=f"http://{self.host}:{self.port}",
+                                log=self.workdir / "serve" / "gateway.log")
+        self.servers.append(gateway)
+        wait_ready(gateway)
+        self.say(f"gateway: {gateway.url} (prediction log {log_dir})")
+
+    def stop(self) -> None:
+        """Stop every server, the gateway first; safe to call more than once."""
+        for server in reversed(self.servers):
+            code = stop_process(server)
+            self.say(f"{server.role} stopped (exit code {code})")
+        self.servers.clear()
+
+    def run_until_signal(self) -> None:
+        """Start, then serve until Ctrl-C or SIGTERM (or until a server dies), then stop.
+
+        Both signals interrupt start-up too. Further signals are ignored while the servers
+        stop, so that the gateway gets to flush the prediction log."""
+        def interrupt(signum: int, frame: object) -> None:
+            raise KeyboardInterrupt
+
+        previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self.start()
+            while True:
+                time.sleep(0.5)
+                if dead := [s for s in self.servers if not s.alive()]:
+                    raise ServingError(f"{dead[0].role} exited with code {dead[0].process.returncode}; "
+                                       f"its log ({dead[0].log}) ends with:\n{dead[0].log_tail()}")
+        except KeyboardInterrupt:
+            self.say("stopping")
+        finally:
+            for sig in previous:
+                signal.signal(sig, signal.SIG_IGN)
+            self.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)

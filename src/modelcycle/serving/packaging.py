@@ -1,0 +1,233 @@
+"""Packaging: a registered model version becomes a BentoML bento, ready to containerize.
+
+A bento holds everything a model server needs: the model artifact in the bento's model
+store, an entry module that pins the artifact's sha256 (`modelcycle.serving.bento` refuses
+any other bytes), a wheel of modelcycle itself, and the Dockerfile BentoML generates from
+them (``env/docker/Dockerfile``), which installs that wheel. `bentoml containerize <tag>`
+turns it into an image on a machine with a container engine; the image name it will have
+is recorded on the model version next to the bento tag (`Registry.annotate`).
+
+The bento's version is the model version and a digest of the artifact and the wheel:
+packaging the same model with the same code again finds the bento already built and
+changes nothing, while a change to either makes a new bento. BentoML's stores live under
+``<workdir>/bentoml`` (its ``BENTOML_HOME``), never in the user's home directory. BentoML
+runs in a child process with that home, so one process can package into several workdirs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from modelcycle import artifacts
+from modelcycle.registry import ModelVersion, Registry, parse_model_ref
+from modelcycle.training import TrainedModel
+
+BENTOML_DIR = "bentoml"
+BUILD_TIMEOUT_S = 600.0
+"""A bento build copies the artifact and renders templates; minutes mean something hangs."""
+ENTRY_MODULE = "service"
+ENTRY_CLASS = "ModelBento"
+
+
+class PackagingError(RuntimeError):
+    """The model version cannot be packaged; the message says why."""
+
+
+@dataclass(frozen=True)
+class PackagedBento:
+    """A built bento and where to find it."""
+
+    tag: str
+    """The bento's tag in the workdir's BentoML store, ``name:version``."""
+    image: str
+    """The image name ``bentoml containerize`` gives it."""
+    path: str
+    """The bento's folder."""
+    dockerfile: str
+    """The generated Dockerfile, inside the bento."""
+    model_tag: str
+    """The model's tag in the BentoML model store."""
+    built: bool
+    """False when an identical bento was already there."""
+
+
+def bentoml_home(workdir: str | os.PathLike) -> Path:
+    return Path(workdir).resolve() / BENTOML_DIR
+
+
+def bentoml_env(workdir: str | os.PathLike) -> dict[str, str]:
+    """The environment of a BentoML process working in `workdir`."""
+    return {**os.environ, "BENTOML_HOME": str(bentoml_home(workdir)), "BENTOML_DO_NOT_TRACK": "True"}
+
+
+def package(registry: Registry, ref: str, *, workdir: str | os.PathLike, wheel: str | os.PathLike | None = None
+            ) -> PackagedBento:
+    """Build (or find) the bento of `ref` (``name@version`` or ``name@alias``) and record it on the version."""
+    name, version_ref = parse_model_ref(ref)
+    version = registry.get(name, version_ref)
+    data = _verified_artifact(registry, version)
+    with tempfile.TemporaryDirectory(prefix="modelcycle-bento-") as tmp:
+        ctx = Path(tmp)
+        wheel_path = Path(wheel) if wheel else build_wheel(ctx / "dist")
+        if not wheel_path.is_file():
+            raise PackagingError(f"--wheel: no such file {wheel_path}")
+        wheel_sha = hashlib.sha256(wheel_path.read_bytes()).hexdigest()
+        digest = hashlib.sha256(f"{version.sha256}\n{wheel_sha}".encode()).hexdigest()[:12]
+        build = {
+            "name": name,
+            "version": version.version,
+            "sha256": version.sha256,
+            "model_tag": f"{name}:{version.version}-{version.sha256[:12]}",
+            "bento_version": f"{version.version}-{digest}",
+            "wheel": wheel_path.name,
+            "labels": {"modelcycle.model": name, "modelcycle.version": str(version.version),
+                       "modelcycle.sha256": version.sha256, "modelcycle.wheel-sha256": wheel_sha},
+        }
+        result = _already_built(workdir, build) or _build(ctx, build, wheel_path, data, workdir=workdir)
+    registry.annotate(name, version.version, bento=result.tag, image=result.image)
+    return result
+
+
+def _build(ctx: Path, build: dict, wheel: Path, data: bytes, *, workdir: str | os.PathLike) -> PackagedBento:
+    """Lay out the build folder and run `_build_in_store` on it in a BentoML child process."""
+    shutil.copy(wheel, ctx / wheel.name)
+    artifacts.write_atomic(ctx / "model.joblib", data)
+    (ctx / f"{ENTRY_MODULE}.py").write_text(_entry_module(build))
+    (ctx / "build.json").write_text(json.dumps(build))
+    proc = subprocess.run([sys.executable, "-m", __name__, str(ctx)], env=bentoml_env(workdir), cwd=ctx,
+                          capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
+    if proc.returncode != 0:
+        raise PackagingError(f"bento build of {build['name']}@{build['version']} failed:\n"
+                             f"{(proc.stdout + proc.stderr)[-3000:]}")
+    return PackagedBento(**json.loads((ctx / "result.json").read_text()))
+
+
+def _already_built(workdir: str | os.PathLike, build: dict) -> PackagedBento | None:
+    """The bento of this build if the store has it, found without starting BentoML (seconds)."""
+    home = bentoml_home(workdir)
+    path = home / "bentos" / build["name"] / build["bento_version"]
+    model_name, model_version = build["model_tag"].split(":")
+    if not (path / "bento.yaml").is_file() or not (home / "models" / model_name / model_version / "model.yaml").is_file():
+        return None
+    tag = f"{build['name']}:{build['bento_version']}"
+    return PackagedBento(tag=tag, image=tag, path=str(path), dockerfile=str(path / "env" / "docker" / "Dockerfile"),
+                         model_tag=build["model_tag"], built=False)
+
+
+def _verified_artifact(registry: Registry, version: ModelVersion) -> bytes:
+    """The artifact's bytes, checked against the manifest and unpickled once to see that it
+    can serve: a bento of a model without a data schema could not validate requests."""
+    what = f"model {version.name} version {version.version}: {version.artifact_uri}"
+    try:
+        data = registry.fs.cat_file(version.artifact_uri)
+    except FileNotFoundError:
+        raise artifacts.ArtifactIntegrityError(f"{what}: the artifact is missing") from None
+    model = artifacts.loads(data, sha256=version.sha256, what=what)
+    if not isinstance(model, TrainedModel) or model.schema is None:
+        raise PackagingError(f"{what}: not a trained model with a data schema (found {type(model).__name__}); "
+                             "only models registered by the pipeline can be served")
+    return data
+
+
+def _entry_module(build: dict) -> str:
+    return f'''"""Model {build["name"]} version {build["version"]}, served by modelcycle. Written by `modelcycle package`."""
+
+import bentoml
+
+from modelcycle.serving.bento import SERVICE_CONFIG, ModelService, RequestEdge
+
+
+@bentoml.service(name={build["name"]!r}, **SERVICE_CONFIG)
+class {ENTRY_CLASS}(ModelService):
+    model_ref = bentoml.models.BentoModel({build["model_tag"]!r})
+    model_sha256 = {build["sha256"]!r}
+
+
+{ENTRY_CLASS}.add_asgi_middleware(RequestEdge)
+'''
+
+
+def project_root() -> Path | None:
+    """The modelcycle checkout this code runs from, if it does."""
+    root = Path(__file__).resolve().parents[3]
+    pyproject = root / "pyproject.toml"
+    if pyproject.is_file() and 'name = "modelcycle"' in pyproject.read_text():
+        return root
+    return None
+
+
+def build_wheel(out: Path) -> Path:
+    """A wheel of the modelcycle checkout (hatchling builds are reproducible: same code, same bytes)."""
+    root = project_root()
+    if root is None:
+        raise PackagingError("modelcycle is not running from a checkout, so there is no source to build a wheel "
+                             "from; pass --wheel with a modelcycle wheel")
+    out.mkdir(parents=True, exist_ok=True)
+    uv = shutil.which("uv")
+    command = ([uv, "build", "--wheel", "--out-dir", str(out), str(root)] if uv else
+               [sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(out), str(root)])
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
+    wheels = sorted(out.glob("modelcycle-*.whl"))
+    if proc.returncode != 0 or not wheels:
+        raise PackagingError(f"building the modelcycle wheel failed ({' '.join(command)}):\n"
+                             f"{(proc.stdout + proc.stderr)[-2000:]}")
+    return wheels[-1]
+
+
+def _build_in_store(ctx: Path) -> None:
+    """In the child process, with BENTOML_HOME set: store the model, build the bento."""
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    build = json.loads((ctx / "build.json").read_text())
+    artifact = ctx / "model.joblib"
+    try:
+        stored = bentoml.models.get(build["model_tag"])
+        if stored.info.labels.get("modelcycle.sha256") != build["sha256"]:
+            bentoml.models.delete(build["model_tag"])  # a leftover of another registry: replace it
+            raise NotFound(build["model_tag"])
+    except NotFound:
+        with bentoml.models.create(build["model_tag"], labels=build["labels"],
+                                   metadata={"sha256": build["sha256"]}) as model:
+            shutil.copy(artifact, Path(model.path) / "model.joblib")
+    tag = f"{build['name']}:{build['bento_version']}"
+    built = False
+    try:
+        bento = bentoml.bentos.get(tag)
+    except NotFound:
+        bento = bentoml.bentos.build(
+            f"{ENTRY_MODULE}:{ENTRY_CLASS}",
+            name=build["name"],
+            version=build["bento_version"],
+            build_ctx=str(ctx),
+            include=[f"{ENTRY_MODULE}.py"],
+            labels=build["labels"],
+            description=f"Model {build['name']} version {build['version']} (sha256 {build['sha256']}), "
+                        "served by modelcycle.",
+            models=[build["model_tag"]],
+            python={"wheels": [build["wheel"]], "lock_packages": False},
+            docker={"python_version": "3.11"},
+        )
+        built = True
+    path = Path(bento.path)
+    dockerfile = path / "env" / "docker" / "Dockerfile"
+    if not dockerfile.is_file():
+        raise PackagingError(f"bento {bento.tag} has no generated Dockerfile at {dockerfile}")
+    result = PackagedBento(tag=str(bento.tag), image=str(bento.tag), path=str(path), dockerfile=str(dockerfile),
+                           model_tag=build["model_tag"], built=built)
+    (ctx / "result.json").write_text(json.dumps(asdict(result)))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Build a bento from a prepared build folder (used by `package`).")
+    parser.add_argument("ctx", type=Path)
+    _build_in_store(parser.parse_args().ctx)

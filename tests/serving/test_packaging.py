@@ -1,0 +1,88 @@
+"""`modelcycle package`: a bento per model version, with its Dockerfile, recorded on the version;
+idempotent; and a tampered artifact is refused, in the registry and inside the bento."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+import typer
+import yaml
+from typer.testing import CliRunner
+
+from modelcycle.artifacts import ArtifactIntegrityError
+from modelcycle.registry import Registry
+from modelcycle.serving.cli import serving_commands
+from modelcycle.serving.local import ServingError, serve_bento, stop_process, wait_ready
+from modelcycle.serving.packaging import package
+
+
+def test_the_bento_holds_the_model_a_wheel_and_its_dockerfile(served, bento):
+    home = served.workdir.resolve() / "bentoml"
+    path = Path(bento.path)
+    assert path.is_relative_to(home / "bentos")  # BENTOML_HOME is inside the workdir
+    dockerfile = Path(bento.dockerfile)
+    assert dockerfile == path / "env" / "docker" / "Dockerfile"
+    assert "install.sh" in dockerfile.read_text()
+    assert [w.name for w in (path / "env" / "python" / "wheels").iterdir()] == ["modelcycle-0.1.0-py3-none-any.whl"]
+    version = served.registry.get("fraud", 1)
+    manifest = yaml.safe_load((path / "bento.yaml").read_text())
+    assert manifest["labels"]["modelcycle.sha256"] == version.sha256
+    assert [m["tag"] for m in manifest["models"]] == [bento.model_tag]
+    assert f"model_sha256 = {version.sha256!r}" in (path / "src" / "service.py").read_text()
+    name, model_version = bento.model_tag.split(":")
+    stored = home / "models" / name / model_version / "model.joblib"
+    assert hashlib.sha256(stored.read_bytes()).hexdigest() == version.sha256
+    assert version.annotations == {"bento": bento.tag, "image": bento.image}
+    assert bento.tag.startswith("fraud:1-")
+
+
+def test_packaging_again_changes_nothing(served, bento):
+    again = package(served.registry, "fraud@champion", workdir=served.workdir)
+    assert (again.tag, again.built) == (bento.tag, False)
+    assert served.registry.get("fraud", 1).annotations["bento"] == bento.tag
+
+
+def _tamper(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_tampered_registry_artifact_is_not_packaged(tmp_path, served):
+    shutil.copytree(served.registry.uri, tmp_path / "registry")
+    _tamper(tmp_path / "registry" / "fraud" / "versions" / "2" / "model.joblib")
+    with pytest.raises(ArtifactIntegrityError, match="sha256 mismatch"):
+        package(Registry(tmp_path / "registry"), "fraud@2", workdir=tmp_path)
+    assert not (tmp_path / "bentoml").exists()
+
+
+def test_a_tampered_bento_model_is_refused_at_load(tmp_path, served, bento):
+    """The bento's entry module pins the sha256: changed bytes in the model store never get
+    unpickled, and the server never becomes ready."""
+    shutil.copytree(served.workdir / "bentoml", tmp_path / "bentoml", ignore=shutil.ignore_patterns("tmp"))
+    name, model_version = bento.model_tag.split(":")
+    _tamper(tmp_path / "bentoml" / "models" / name / model_version / "model.joblib")
+    server = serve_bento(bento, role="tampered", workdir=tmp_path)
+    try:
+        with pytest.raises(ServingError, match="sha256 mismatch") as failure:
+            wait_ready(server, timeout_s=90)
+        assert "refusing to unpickle it" in str(failure.value)
+    finally:
+        stop_process(server)
+
+
+def test_the_package_command(served, bento):
+    app = typer.Typer()
+    serving_commands(app)
+    runner = CliRunner()
+    args = ["--workdir", str(served.workdir), "--registry", served.registry.uri]
+    no_version = runner.invoke(app, ["package", "fraud", *args])
+    assert no_version.exit_code == 2 and "fraud@champion" in no_version.output
+    unknown = runner.invoke(app, ["package", "nope@1", *args])
+    assert unknown.exit_code == 2 and "model 'nope' not found" in unknown.output
+    done = runner.invoke(app, ["package", "fraud@1", *args])
+    assert done.exit_code == 0, done.output
+    assert f"already built: bento {bento.tag}" in done.output and "Dockerfile" in done.output

@@ -1,0 +1,98 @@
+"""`modelcycle serve`: production and a shadow from their bentos, behind the gateway, as local
+processes over real HTTP; a clean stop on SIGTERM leaves every mirrored request in the log."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from modelcycle.monitoring.predictions import read_prediction_log
+from modelcycle.serving.cli import serving_commands
+from modelcycle.serving.local import free_port
+
+CLI = ("import typer; from modelcycle.serving.cli import serving_commands; "
+       "app = typer.Typer(); serving_commands(app); app()")
+"""The serving commands as a program of their own, mounted the way `modelcycle.cli` mounts them."""
+
+
+def _wait_ready(url: str, process: subprocess.Popen, log, timeout_s: float = 240) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"serve exited with {process.returncode}:\n{log.read_text()[-3000:]}"
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"serve was not ready in {timeout_s} s:\n{log.read_text()[-3000:]}")
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_serve_with_a_shadow_then_stop(tmp_path, served, bento, in_process):
+    port = free_port()
+    log = tmp_path / "serve.out"
+    command = [sys.executable, "-c", CLI, "serve", "fraud", "--shadow", "2", "--mirror-percent", "100",
+               "--port", str(port), "--workdir", str(served.workdir), "--registry", served.registry.uri,
+               "--log-dir", str(tmp_path / "predictions")]
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_ready(f"http://127.0.0.1:{port}/readyz", process, log)
+        servers = dict(re.findall(r"^(production|shadow): \S+ at http://127\.0\.0\.1:(\d+)$", log.read_text(), re.M))
+        assert set(servers) == {"production", "shadow"}, log.read_text()
+        ids = [f"serve-{i}" for i in range(12)]
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            for i, request_id in enumerate(ids):
+                records = served.records[i:i + 1 + i % 3]
+                response = http.post("/predict", json={"records": records}, headers={"X-Request-ID": request_id})
+                assert response.status_code == 200, response.text
+                body = response.json()
+                assert (body["model_version"], body["request_id"]) == ("1", request_id)
+                assert body["predictions"] == in_process(1, records)[0]
+            bad = http.post("/predict", json={**served.records[0], "channel": "fax"})
+            assert bad.status_code == 422 and bad.json()["field"] == "channel"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=90) == 0, log.read_text()[-3000:]
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert not any(_listening(int(p)) for p in (port, *servers.values())), "a server outlived serve"
+
+    entries = read_prediction_log(tmp_path / "predictions")
+    logged = entries[entries.request_id.isin(ids)]
+    assert set(logged.request_id) == set(ids)
+    assert logged.mirrored.all()
+    assert (logged.production_version == "1").all() and (logged.shadow_version == "2").all()
+    for request_id, rows in logged.groupby("request_id"):
+        i = ids.index(request_id)
+        records = served.records[i:i + 1 + i % 3]
+        assert rows.sort_values("row").production_prediction.tolist() == in_process(1, records)[0]
+        assert rows.sort_values("row").shadow_prediction.tolist() == in_process(2, records)[0]
+
+
+def test_serve_refuses_what_it_cannot_serve(served):
+    app = typer.Typer()
+    serving_commands(app)
+    args = ["--workdir", str(served.workdir), "--registry", served.registry.uri]
+    unknown = CliRunner().invoke(app, ["serve", "nope", *args])
+    assert unknown.exit_code == 2 and "model 'nope' not found" in unknown.output
+    same = CliRunner().invoke(app, ["serve", "fraud", "--shadow", "champion", *args])
+    assert same.exit_code == 2 and "which is production already" in same.output
+    no_alias = CliRunner().invoke(app, ["serve", "fraud@challenger", *args])
+    assert no_alias.exit_code == 2 and "no alias 'challenger'" in no_alias.output
