@@ -70,7 +70,7 @@ def main() -> None:
             (root / "spec.json").write_text(json.dumps(spec))
 
             started, cpu = time.perf_counter(), cpu_seconds()
-            plain = subprocess.run([sys.executable, str(ROOT / "bench" / "plain_sklearn.py"),
+            plain = subprocess.run([sys.executable, "-P", str(ROOT / "bench" / "plain_sklearn.py"),
                                     str(root / "data" / "transactions.parquet"), str(root / "spec.json")],
                                    capture_output=True, text=True, check=True)
             plain_wall, plain_cpu = time.perf_counter() - started, cpu_seconds() - cpu
