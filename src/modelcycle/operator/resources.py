@@ -1,0 +1,336 @@
+"""The children of a ModelDeployment, as manifests for server-side apply.
+
+A ModelDeployment named `fraud` owns:
+
+- `fraud-production`: a Deployment and a Service running the production bento image;
+- `fraud-shadow`: the same for the shadow version, only while `spec.shadow` exists;
+- `fraud-gateway`: a ConfigMap with the routing, mirror and policy settings, and the
+  Deployment and Service of the gateway (`python -m modelcycle.serving.gateway`) that
+  clients call. The gateway's arguments are `$(VAR)` references to the ConfigMap's keys,
+  and its pod template carries a hash of the ConfigMap, so a change of routing rolls the
+  gateway: the new pod starts with an empty prediction log, so a comparison never mixes
+  two shadows.
+
+Every child carries a controller owner reference to the ModelDeployment (the garbage
+collector deletes it with its owner; no finalizer is needed) and the `app.kubernetes.io/*`
+labels. Pods run non-root with a read-only root filesystem, all capabilities dropped, and
+an emptyDir for what must be written. A child also carries `modelcycle.io/applied-hash`, a
+digest of the manifest the operator applied, so the operator can tell from its cache that
+a child is already as wanted and skip the request.
+
+These are plain functions of the ModelDeployment's body: no API access here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from modelcycle.operator.settings import GROUP, KIND, MANAGED_BY, VERSION
+
+Component = Literal["production", "shadow", "gateway"]
+Manifest = dict[str, Any]
+
+MODEL_PORT = 3000
+"""The bento image's HTTP port (/predict, /readyz, /livez)."""
+GATEWAY_PORT = 8080
+"""The gateway's HTTP port (/predict, /readyz, /healthz, /shadow/comparison)."""
+MODEL_SERVER_UID = 1034
+"""The `bentoml` user that BentoML's generated Dockerfile creates."""
+GATEWAY_UID = 10001
+"""The `modelcycle` user of the modelcycle image (Dockerfile)."""
+PREDICTION_LOG_DIR = "/var/lib/modelcycle/predictions"
+
+APPLIED_HASH = "modelcycle.io/applied-hash"
+CONFIG_HASH = "modelcycle.io/config-hash"
+OWNER_LABEL = "modelcycle.io/deployment"
+"""Names the owning ModelDeployment on every child; the operator's caches key on it."""
+
+DEFAULT_RESOURCES: dict[str, dict[str, str]] = {
+    "requests": {"cpu": "100m", "memory": "256Mi"},
+    "limits": {"memory": "1Gi"},
+}
+"""A model server's resources unless the spec says otherwise: a small model fits, and the
+memory limit keeps a leaking one from taking the node."""
+GATEWAY_RESOURCES: dict[str, dict[str, str]] = {
+    "requests": {"cpu": "100m", "memory": "128Mi"},
+    "limits": {"memory": "512Mi"},
+}
+
+
+def child_name(md_name: str, component: Component) -> str:
+    return f"{md_name}-{component}"
+
+
+def labels(md: Mapping[str, Any], component: Component, version: str | None = None) -> dict[str, str]:
+    """The standard labels of one child, plus the owner's name for the operator's caches."""
+    name = md["metadata"]["name"]
+    result = {
+        "app.kubernetes.io/name": "modelcycle-gateway" if component == "gateway" else "modelcycle-model-server",
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/part-of": "modelcycle",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        OWNER_LABEL: name,
+        "modelcycle.io/model": md["spec"]["model"],
+    }
+    if version is not None:
+        result["app.kubernetes.io/version"] = version
+    return result
+
+
+def selector(md: Mapping[str, Any], component: Component) -> dict[str, str]:
+    """Labels that pick a child's pods; never the version, since a Deployment's selector is
+    immutable and a promotion changes the version."""
+    return {"app.kubernetes.io/instance": md["metadata"]["name"], "app.kubernetes.io/component": component}
+
+
+def owner_reference(md: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KIND,
+        "name": md["metadata"]["name"],
+        "uid": md["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def desired_children(md: Mapping[str, Any], *, gateway_image: str) -> list[Manifest]:
+    """Every child the spec asks for, each with its applied-hash annotation."""
+    spec = md["spec"]
+    children = [
+        *model_server(md, "production", spec["production"]),
+        *gateway(md, gateway_image=gateway_image),
+    ]
+    if spec.get("shadow"):
+        children += model_server(md, "shadow", spec["shadow"])
+    return [_with_hash(child) for child in children]
+
+
+def model_server(md: Mapping[str, Any], component: Component, side: Mapping[str, Any]) -> list[Manifest]:
+    """Deployment and Service of one side (production or shadow)."""
+    version = str(side["version"])
+    name = child_name(md["metadata"]["name"], component)
+    container = {
+        "name": "model-server",
+        "image": side["image"],
+        "ports": [{"name": "http", "containerPort": MODEL_PORT, "protocol": "TCP"}],
+        "env": [{"name": "TMPDIR", "value": "/tmp"}],
+        # A model is loaded (and its sha256 checked) before /readyz answers; the startup
+        # probe gives that up to a minute before liveness may restart the pod.
+        "startupProbe": _http_probe("/livez", MODEL_PORT, period=2, failures=30),
+        "readinessProbe": _http_probe("/readyz", MODEL_PORT, period=5, failures=3),
+        "livenessProbe": _http_probe("/livez", MODEL_PORT, period=10, failures=3),
+        "resources": _resources(side.get("resources"), DEFAULT_RESOURCES),
+        "securityContext": _container_security(),
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+    deployment = _deployment(
+        md, component, name=name, version=version, replicas=int(side.get("replicas", 1)),
+        container=container, uid=MODEL_SERVER_UID, annotations={},
+    )
+    return [deployment, _service(md, component, name=name, port=MODEL_PORT, version=version)]
+
+
+def gateway_config(md: Mapping[str, Any]) -> dict[str, str]:
+    """The ConfigMap data the gateway's arguments refer to: routing, mirror and policy."""
+    name, namespace = md["metadata"]["name"], md["metadata"]["namespace"]
+    spec = md["spec"]
+    policy = spec.get("promotion") or {}
+    data = {
+        "PRODUCTION_URL": f"http://{child_name(name, 'production')}.{namespace}.svc:{MODEL_PORT}",
+        "MIRROR_PERCENT": "0",
+        "MIN_REQUESTS": str(policy.get("minRequests", 500)),
+        "MIN_AGREEMENT": str(policy.get("minAgreement", 0.95)),
+        "MAX_LATENCY_RATIO": str(policy.get("maxLatencyRatio", 1.5)),
+        "MAX_ERROR_RATE": str(policy.get("maxErrorRate", 0.01)),
+    }
+    shadow = spec.get("shadow")
+    if shadow:
+        data["SHADOW_URL"] = f"http://{child_name(name, 'shadow')}.{namespace}.svc:{MODEL_PORT}"
+        data["MIRROR_PERCENT"] = _number(shadow.get("mirrorPercent", 100))
+    return data
+
+
+def gateway(md: Mapping[str, Any], *, gateway_image: str) -> list[Manifest]:
+    """ConfigMap, Deployment and Service of the gateway."""
+    name = child_name(md["metadata"]["name"], "gateway")
+    data = gateway_config(md)
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(md, "gateway", name=name),
+        "data": data,
+    }
+    flags = [
+        ("--production-url", "PRODUCTION_URL"),
+        ("--mirror-percent", "MIRROR_PERCENT"),
+        ("--min-requests", "MIN_REQUESTS"),
+        ("--min-agreement", "MIN_AGREEMENT"),
+        ("--max-latency-ratio", "MAX_LATENCY_RATIO"),
+        ("--max-error-rate", "MAX_ERROR_RATE"),
+    ]
+    if "SHADOW_URL" in data:
+        flags.insert(1, ("--shadow-url", "SHADOW_URL"))
+    container = {
+        "name": "gateway",
+        "image": gateway_image,
+        "command": ["python", "-m", "modelcycle.serving.gateway"],
+        "args": [
+            *(f"{flag}=$({key})" for flag, key in flags),
+            f"--log-dir={PREDICTION_LOG_DIR}",
+            "--host=0.0.0.0",
+            f"--port={GATEWAY_PORT}",
+        ],
+        "env": [
+            {"name": key, "valueFrom": {"configMapKeyRef": {"name": name, "key": key}}}
+            for _, key in flags
+        ],
+        "ports": [{"name": "http", "containerPort": GATEWAY_PORT, "protocol": "TCP"}],
+        "readinessProbe": _http_probe("/readyz", GATEWAY_PORT, period=5, failures=3),
+        "livenessProbe": _http_probe("/healthz", GATEWAY_PORT, period=10, failures=3),
+        "resources": GATEWAY_RESOURCES,
+        "securityContext": _container_security(),
+        "volumeMounts": [
+            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "predictions", "mountPath": PREDICTION_LOG_DIR},
+        ],
+    }
+    deployment = _deployment(
+        md, "gateway", name=name, version=None, replicas=1, container=container, uid=GATEWAY_UID,
+        annotations={CONFIG_HASH: _digest(data)},
+        extra_volumes=[{"name": "predictions", "emptyDir": {"sizeLimit": "1Gi"}}],
+        # One gateway: the comparison is computed over one prediction log; a rolling update
+        # would split the log across two pods. The gateway drains in under 20 s.
+        strategy={"type": "Recreate"},
+        grace_period=30,
+    )
+    return [config_map, deployment, _service(md, "gateway", name=name, port=GATEWAY_PORT, version=None)]
+
+
+def _deployment(
+    md: Mapping[str, Any],
+    component: Component,
+    *,
+    name: str,
+    version: str | None,
+    replicas: int,
+    container: Manifest,
+    uid: int,
+    annotations: dict[str, str],
+    extra_volumes: list[Manifest] | None = None,
+    strategy: Manifest | None = None,
+    grace_period: int = 30,
+) -> Manifest:
+    pod_labels = labels(md, component, version)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(md, component, name=name, version=version),
+        "spec": {
+            "replicas": replicas,
+            "revisionHistoryLimit": 3,
+            "selector": {"matchLabels": selector(md, component)},
+            # Production keeps serving through a rollout: a new pod first, then an old one goes.
+            "strategy": strategy or {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {
+                "metadata": {"labels": pod_labels, "annotations": annotations},
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "terminationGracePeriodSeconds": grace_period,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": uid,
+                        "runAsGroup": uid,
+                        "fsGroup": uid,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [container],
+                    "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}, *(extra_volumes or [])],
+                },
+            },
+        },
+    }
+
+
+def _service(md: Mapping[str, Any], component: Component, *, name: str, port: int, version: str | None) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(md, component, name=name, version=version),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector(md, component),
+            "ports": [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def _metadata(md: Mapping[str, Any], component: Component, *, name: str, version: str | None = None) -> Manifest:
+    return {
+        "name": name,
+        "namespace": md["metadata"]["namespace"],
+        "labels": labels(md, component, version),
+        "annotations": {},
+        "ownerReferences": [owner_reference(md)],
+    }
+
+
+def _http_probe(path: str, port: int, *, period: int, failures: int) -> Manifest:
+    return {
+        "httpGet": {"path": path, "port": port},
+        "periodSeconds": period,
+        "timeoutSeconds": 2,
+        "failureThreshold": failures,
+    }
+
+
+def _container_security() -> Manifest:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def _resources(given: Mapping[str, Any] | None, default: dict[str, dict[str, str]]) -> Manifest:
+    if not given:
+        return default
+    return {key: {name: str(value) for name, value in given[key].items()} for key in ("requests", "limits") if given.get(key)}
+
+
+def _number(value: float | int) -> str:
+    """100.0 -> "100", 12.5 -> "12.5": what a person would write in the ConfigMap."""
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _with_hash(manifest: Manifest) -> Manifest:
+    manifest["metadata"]["annotations"][APPLIED_HASH] = _digest(manifest)
+    return manifest
+
+
+def applied_hash(obj: Mapping[str, Any]) -> str | None:
+    return (obj.get("metadata", {}).get("annotations") or {}).get(APPLIED_HASH)
+
+
+__all__ = [
+    "APPLIED_HASH",
+    "GATEWAY_PORT",
+    "MODEL_PORT",
+    "OWNER_LABEL",
+    "applied_hash",
+    "child_name",
+    "desired_children",
+    "gateway_config",
+    "labels",
+    "owner_reference",
+]
