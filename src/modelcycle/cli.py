@@ -433,6 +433,20 @@ def shadow_report(
 serving_commands(app)
 
 
+@app.command(
+    "md",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+)
+def md(ctx: typer.Context) -> None:
+    """ModelDeployments on the cluster: promote | rollback | status ([b]modelcycle md --help[/] for more)."""
+    # Loaded on use: the operator package imports kopf and the kubernetes client, which
+    # would add seconds to every other command's start.
+    from modelcycle.operator.cli import md_app
+
+    md_app(args=ctx.args, prog_name="modelcycle md")
+
+
 def main() -> None:  # pragma: no cover - console entry
     try:
         app()

@@ -37,11 +37,13 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}
 
 
 def _png(fig: plt.Figure) -> str:
+    """The figure as an inline <img>, its axes' title as the alt text."""
+    alt = html.escape(fig.axes[0].get_title() if fig.axes else "plot", quote=True)
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+    return f'<img alt="{alt}" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
 
 
 def _fmt(value: Any) -> str:

@@ -12,7 +12,7 @@ from modelcycle.training import split_data, train_candidate
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, request):
     fraud_frame = request.getfixturevalue("fraud_frame")
-    from conftest import small_spec_dict
+    from fraud_example import small_spec_dict
     from modelcycle.spec import parse_spec
 
     spec = parse_spec(small_spec_dict())

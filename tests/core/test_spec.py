@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from conftest import EXAMPLE, small_spec_dict
+from fraud_example import EXAMPLE, small_spec_dict
 from modelcycle.spec import SpecError, load_spec, parse_spec
 
 

@@ -6,7 +6,7 @@ import pytest
 from modelcycle import artifacts
 from modelcycle.spec import parse_spec
 from modelcycle.training import distributions, split_data, train_candidate
-from conftest import small_spec_dict
+from fraud_example import small_spec_dict
 
 
 def test_splits_are_disjoint_and_out_of_time_is_latest(fraud_frame, spec):

@@ -1,0 +1,34 @@
+"""The bundled fraud example, shaped for tests: its generator and a spec with a small search.
+
+A module of its own (not conftest) because several test folders have a conftest.py, and
+`from conftest import ...` would pick whichever was imported first.
+"""
+
+import importlib.util
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "fraud"
+
+
+def load_generator():
+    spec = importlib.util.spec_from_file_location("fraud_generate", EXAMPLE / "generate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def small_spec_dict() -> dict:
+    """The example spec with a search small enough for tests."""
+    spec = yaml.safe_load((EXAMPLE / "modelcycle.yaml").read_text())
+    spec["training"]["search_iterations"] = 2
+    spec["training"]["cv_folds"] = 2
+    spec["training"]["n_jobs"] = 1
+    for cand in spec["training"]["candidates"]:
+        if cand["algorithm"] == "random_forest":
+            cand["params"] = {"n_estimators": 20}
+        if cand["algorithm"] == "hist_gradient_boosting":
+            cand["params"] = {"max_iter": 30}
+    return spec
