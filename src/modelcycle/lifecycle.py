@@ -110,11 +110,11 @@ def evaluate_phase(spec: ProjectSpec, frame: pd.DataFrame, runs: list[CandidateR
     return Selection(model=best, evaluation=evaluation, leaderboard=board, splits=splits, sha256=sha, size_bytes=size)
 
 
-def report_html(spec: ProjectSpec, selection: Selection, *, data_version: str, registered: str | None = None) -> str:
+def report_html(spec: ProjectSpec, selection: Selection, *, data_version: str) -> str:
     from modelcycle.report import render_report
 
     return render_report(spec, selection.evaluation, leaderboard=selection.leaderboard, data_version=data_version,
-                         splits=selection.splits.sizes(), registered=registered)
+                         splits=selection.splits.sizes())
 
 
 def register_phase(spec: ProjectSpec, *, registry: Registry, model: TrainedModel, evaluation: Evaluation,

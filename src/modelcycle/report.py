@@ -155,13 +155,12 @@ def render_report(
     leaderboard: list[dict[str, Any]],
     data_version: str,
     splits: dict[str, int],
-    registered: str | None = None,
 ) -> str:
     """The report as an HTML string."""
     passed = evaluation.passed
     failed = [g for g in evaluation.gates if not g.passed]
     verdict = (
-        f"Passed every gate: registered as a <b>candidate</b>{f' ({html.escape(registered)})' if registered else ''}."
+        "Passed every gate: registered as a <b>candidate</b>."
         if passed
         else "Failed " + ", ".join(html.escape(g.name) for g in failed) + ": registered as <b>rejected</b>."
     )

@@ -108,6 +108,10 @@ def _column(rule: ColumnRule, severity: str) -> pa.Column:
     return pa.Column(coerce, checks=checks, nullable=True, required=False, coerce=coerce is not None)
 
 
+def _missing_rate(values: pd.Series) -> float:
+    return float(values.isna().mean()) if len(values) else 0.0
+
+
 def _as_strings(series: pd.Series) -> list[str]:
     return sorted(str(v) for v in series.dropna().unique())
 
@@ -126,7 +130,7 @@ def infer_schema(frame: pd.DataFrame, spec: ProjectSpec) -> DataSchema:
                 max=feat.max,
                 observed_min=float(values.min()) if values.notna().any() else None,
                 observed_max=float(values.max()) if values.notna().any() else None,
-                observed_missing_rate=float(values.isna().mean()) if len(values) else 0.0,
+                observed_missing_rate=_missing_rate(values),
             )
         )
     for feat in spec.features.categorical:
@@ -139,13 +143,13 @@ def infer_schema(frame: pd.DataFrame, spec: ProjectSpec) -> DataSchema:
                 nullable=feat.nullable,
                 categories=feat.categories,
                 observed_categories=seen if len(seen) <= MAX_OBSERVED_CATEGORIES else None,
-                observed_missing_rate=float(values.isna().mean()) if len(values) else 0.0,
+                observed_missing_rate=_missing_rate(values),
             )
         )
     for name in spec.features.datetime:
         values = frame[name] if name in frame else pd.Series(dtype=object)
         rules.append(
-            ColumnRule(name=name, kind="datetime", observed_missing_rate=float(values.isna().mean()) if len(values) else 0.0)
+            ColumnRule(name=name, kind="datetime", observed_missing_rate=_missing_rate(values))
         )
     target = spec.data.target
     classes = _as_strings(frame[target]) if spec.is_classification and target in frame else None
