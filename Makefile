@@ -9,6 +9,9 @@ UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 VENV := .venv
 PY := $(VENV)/bin/python
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
+# The tests build wheels with uv (modelcycle package), so the uv fetched above must be
+# on their PATH too, not only on make's.
+export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
 .PHONY: demo test venv k8s-bins bench lint clean
 
