@@ -196,6 +196,18 @@ async def test_production_answers_pass_through_unchanged(upstreams: dict[str, st
         assert json.loads(payload)["request_id"] == generated
 
 
+async def test_a_request_id_that_is_not_visible_ascii_is_refused(upstreams: dict[str, str], tmp_path: Path) -> None:
+    config = GatewayConfig(production_url=upstreams["production"], log_dir=tmp_path)
+    async with aiohttp.ClientSession() as session, running_gateway(config) as (url, _):
+        for bad in ("has space", "x" * 129, "caf\u00e9"):
+            async with session.post(f"{url}/predict", json=_record(1),
+                                    headers={"X-Request-ID": bad.encode().decode("latin-1")}) as answer:
+                assert answer.status == 400, bad
+                error = await answer.json()
+                assert error["field"] == "X-Request-ID"
+                assert error["error"].startswith("expected 1 to 128 visible ASCII characters, found ")
+
+
 async def test_client_errors_from_production_pass_through_unchanged(upstreams: dict[str, str], tmp_path: Path) -> None:
     config = GatewayConfig(production_url=upstreams["production"], shadow_url=upstreams["shadow"], log_dir=tmp_path)
     bad = {"records": [_record(1), {"x1": 0.5, "x2": "high"}]}

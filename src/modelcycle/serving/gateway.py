@@ -6,10 +6,13 @@ uuid4 hex). A deterministic sample of request ids, `mirror_percent` of them, is 
 the shadow with the same id. Mirroring happens off the request path: the request joins a
 bounded queue that a few workers drain, each shadow call has its own timeout, and a full
 queue drops the mirror (counted) rather than wait. So a slow, failing or dead shadow never
-changes or delays what the client gets.
+changes or delays what the client gets. Upstream calls go through `Upstream`, a lean
+keep-alive HTTP/1.1 client (see `modelcycle.serving.upstream` for why not aiohttp's), one
+pool for production and a separate one for the shadow.
 
 Both answers go to the prediction log (`modelcycle.monitoring.predictions`): the request
-with production's answer as soon as production has answered, the shadow's answer as a
+with production's answer as soon as the client has it (the log's bookkeeping runs after the
+answer is written, off the client's wait), the shadow's answer as a
 second entry when it arrives. ``POST /feedback`` adds the true label of a request.
 ``GET /shadow/comparison`` and the ``modelcycle_shadow_*`` gauges of ``GET /metrics`` report
 `compare_shadow` over the log, recomputed at most every `comparison_ttl_s` seconds.
@@ -29,13 +32,13 @@ import asyncio
 import hashlib
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
-import aiohttp
 from aiohttp import web
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -54,6 +57,7 @@ from modelcycle.monitoring.predictions import (
     read_prediction_log,
 )
 from modelcycle.monitoring.shadow import ShadowComparison, ShadowPolicy, compare_shadow
+from modelcycle.serving.upstream import Upstream, UpstreamError
 
 __all__ = ["GATEWAY", "Gateway", "GatewayConfig", "create_app", "in_mirror_sample", "main"]
 
@@ -61,6 +65,8 @@ logger = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "X-Request-ID"
 MAX_REQUEST_ID_LENGTH = 128
+_REQUEST_ID = re.compile(rf"[\x21-\x7e]{{1,{MAX_REQUEST_ID_LENGTH}}}")
+"""What the bentos accept as a request id too (they replace any other with a fresh one)."""
 
 
 class GatewayConfig(BaseModel):
@@ -87,8 +93,8 @@ class GatewayConfig(BaseModel):
     mirror_workers: Annotated[int, Field(gt=0)] = 8
     """Concurrent shadow calls. Also the most connections the shadow can take from the pool."""
     max_connections: Annotated[int, Field(gt=0)] = 100
-    """Keep-alive connections to production. The pool holds this plus `mirror_workers`, so
-    the shadow can never take production's connections."""
+    """Keep-alive connections to production, in a pool of their own: the shadow's pool holds
+    `mirror_workers`, so the shadow can never take production's connections."""
     max_body_bytes: Annotated[int, Field(gt=0)] = 64 * 2**20
     """Largest request body accepted, in bytes (aiohttp's default of 1 MiB is small for batches)."""
     drain_timeout_s: Annotated[float, Field(ge=0)] = 10.0
@@ -193,7 +199,6 @@ class Gateway:
 
     log: PredictionLogWriter
     """The prediction log, open while the application runs."""
-    _session: aiohttp.ClientSession
 
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
@@ -201,26 +206,19 @@ class Gateway:
         self.metrics = GatewayMetrics(self.queue)
         self._workers: list[asyncio.Task[None]] = []
         self._accepting = False
-        self._production_predict = f"{config.production_url}/predict"
-        self._shadow_predict = f"{config.shadow_url}/predict" if config.shadow_url else None
-        self._production_timeout = aiohttp.ClientTimeout(total=config.production_timeout_s)
-        self._shadow_timeout = aiohttp.ClientTimeout(total=config.shadow_timeout_s)
+        self._production = Upstream(config.production_url, max_connections=config.max_connections)
+        self._shadow = (Upstream(config.shadow_url, max_connections=config.mirror_workers)
+                        if config.shadow_url else None)
         self._production_counts: dict[int, Counter] = {}
         self._comparison: tuple[float, ShadowComparison] | None = None
         self._comparison_lock = asyncio.Lock()
 
     async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
-        """aiohttp cleanup context: start the session, log and workers; on shutdown drain the
-        mirrors up to the deadline, then flush and close the log."""
+        """aiohttp cleanup context: open the log and start the mirror workers; on shutdown
+        drain the mirrors up to the deadline, close the upstream connections, then flush and
+        close the log."""
         self.log = PredictionLogWriter(self.config.log_dir, settings=self.config.log)
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(
-                limit=self.config.max_connections + self.config.mirror_workers, keepalive_timeout=30
-            ),
-            # A proxy must not replay one client's upstream cookies to the next client.
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
-        if self._shadow_predict:
+        if self._shadow:
             self._workers = [
                 asyncio.create_task(self._mirror_worker(), name=f"mirror-worker-{n}")
                 for n in range(self.config.mirror_workers)
@@ -231,7 +229,9 @@ class Gateway:
         finally:
             self._accepting = False
             await self._drain_mirrors()
-            await self._session.close()
+            await self._production.close()
+            if self._shadow:
+                await self._shadow.close()
             await asyncio.get_running_loop().run_in_executor(None, self.log.close)
 
     async def on_shutdown(self, app: web.Application) -> None:
@@ -239,9 +239,10 @@ class Gateway:
 
     async def predict(self, request: web.Request) -> web.StreamResponse:
         request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
-        if len(request_id) > MAX_REQUEST_ID_LENGTH or not request_id.isprintable():
-            return _error(400, f"expected at most {MAX_REQUEST_ID_LENGTH} printable characters, "
-                          f"found {len(request_id)}", field=REQUEST_ID_HEADER, request_id=None)
+        if not _REQUEST_ID.fullmatch(request_id):
+            return _error(400, f"expected 1 to {MAX_REQUEST_ID_LENGTH} visible ASCII characters, found "
+                          f"{request_id[:40]!r}{'...' if len(request_id) > 40 else ''} ({len(request_id)} characters)",
+                          field=REQUEST_ID_HEADER, request_id=None)
         body = await request.read()
         content_type = request.headers.get("Content-Type", "application/json")
         mirrored, shadow_reason = self._mirror(request_id, body, content_type)
@@ -249,13 +250,10 @@ class Gateway:
         headers = {"Content-Type": content_type, REQUEST_ID_HEADER: request_id}
         started = time.perf_counter()
         try:
-            async with self._session.post(
-                self._production_predict, data=body, headers=headers, timeout=self._production_timeout
-            ) as answer:
-                payload = await answer.read()
-                status = answer.status
-                answer_type = answer.headers.get("Content-Type", "application/json")
-        except (TimeoutError, aiohttp.ClientError) as exc:
+            answer = await self._production.request(
+                "POST", "/predict", body=body, headers=headers, timeout=self.config.production_timeout_s
+            )
+        except (TimeoutError, UpstreamError) as exc:
             latency = time.perf_counter() - started
             timed_out = isinstance(exc, TimeoutError)
             if timed_out:
@@ -270,14 +268,23 @@ class Gateway:
             )
             return _error(504 if timed_out else 502, message, field=None, request_id=request_id)
         latency = time.perf_counter() - started
-        self._count_production(status)
-        self.metrics.production_latency.observe(latency)
-        self.log.write_request(
-            request_id=request_id, records=_records(body), production=_answer(payload, status, latency),
-            mirrored=mirrored, shadow_reason=shadow_reason,
-        )
-        headers = {"Content-Type": answer_type, REQUEST_ID_HEADER: request_id}
-        return web.Response(body=payload, status=status, headers=headers)
+        response = web.Response(body=answer.body, status=answer.status, headers={
+            "Content-Type": answer.content_type or "application/json", REQUEST_ID_HEADER: request_id,
+        })
+        try:
+            # The client gets its answer first; the bookkeeping below (two JSON parses and an
+            # encode for the log) then overlaps with the client's next request.
+            await response.prepare(request)
+            await response.write_eof()
+        finally:
+            self._count_production(answer.status)
+            self.metrics.production_latency.observe(latency)
+            self.log.write_request(
+                request_id=request_id, records=_records(body),
+                production=_answer(answer.body, answer.status, latency),
+                mirrored=mirrored, shadow_reason=shadow_reason,
+            )
+        return response
 
     async def feedback(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -295,17 +302,15 @@ class Gateway:
         if not self._accepting:
             return web.json_response({"status": "shutting down"}, status=503)
         try:
-            async with self._session.get(
-                f"{self.config.production_url}/readyz", timeout=aiohttp.ClientTimeout(total=1)
-            ) as answer:
-                ready = 200 <= answer.status < 300
-        except (TimeoutError, aiohttp.ClientError):
+            answer = await self._production.request("GET", "/readyz", timeout=1.0)
+            ready = 200 <= answer.status < 300
+        except (TimeoutError, UpstreamError):
             ready = False
         body = {"status": "ready" if ready else "production not ready"}
         return web.json_response(body, status=200 if ready else 503)
 
     async def metrics_page(self, request: web.Request) -> web.StreamResponse:
-        if self._shadow_predict:
+        if self._shadow:
             try:
                 await self.comparison()
             except Exception:
@@ -338,7 +343,7 @@ class Gateway:
 
     def _mirror(self, request_id: str, body: bytes, content_type: str) -> tuple[bool, str]:
         """Queue a mirror when the id is in the sample; (mirrored, shadow_reason for the log)."""
-        if self._shadow_predict is None:
+        if self._shadow is None:
             return False, "no shadow configured"
         if not in_mirror_sample(request_id, percent=self.config.mirror_percent):
             return False, "not sampled"
@@ -372,31 +377,30 @@ class Gateway:
             self.queue.task_done()
 
     async def _call_shadow(self, request_id: str, body: bytes, content_type: str) -> UpstreamAnswer:
+        assert self._shadow is not None
         headers = {"Content-Type": content_type, REQUEST_ID_HEADER: request_id}
         started = time.perf_counter()
         try:
-            async with self._session.post(
-                self._shadow_predict, data=body, headers=headers, timeout=self._shadow_timeout
-            ) as answer:
-                payload = await answer.read()
-                status = answer.status
+            answer = await self._shadow.request(
+                "POST", "/predict", body=body, headers=headers, timeout=self.config.shadow_timeout_s
+            )
         except TimeoutError:
             latency = time.perf_counter() - started
             self.metrics.requests.labels("shadow", "timeout").inc()
             self.metrics.shadow_errors.labels("timeout").inc()
             self.metrics.shadow_latency.observe(latency)
             return _failed_answer(latency, f"shadow did not answer within {self.config.shadow_timeout_s} s")
-        except aiohttp.ClientError as exc:
+        except UpstreamError as exc:
             latency = time.perf_counter() - started
             self.metrics.requests.labels("shadow", "unreachable").inc()
             self.metrics.shadow_errors.labels("unreachable").inc()
             return _failed_answer(latency, f"shadow is unreachable: {exc}")
         latency = time.perf_counter() - started
-        self.metrics.requests.labels("shadow", str(status)).inc()
+        self.metrics.requests.labels("shadow", str(answer.status)).inc()
         self.metrics.shadow_latency.observe(latency)
-        if not 200 <= status < 300:
+        if not 200 <= answer.status < 300:
             self.metrics.shadow_errors.labels("status").inc()
-        return _answer(payload, status, latency)
+        return _answer(answer.body, answer.status, latency)
 
     async def _drain_mirrors(self) -> None:
         if not self._workers:
