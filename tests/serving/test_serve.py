@@ -38,6 +38,26 @@ def _wait_ready(url: str, process: subprocess.Popen, log, timeout_s: float = 240
     pytest.fail(f"serve was not ready in {timeout_s} s:\n{log.read_text()[-3000:]}")
 
 
+def _niceness_of_listeners(port: int) -> set[int]:
+    """The nice values of every process holding the socket that listens on 127.0.0.1:`port`
+    (BentoML's arbiter binds it and its workers inherit it), read from /proc."""
+    inodes = set()
+    for line in open("/proc/net/tcp").read().splitlines()[1:]:
+        fields = line.split()
+        if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":  # 0A: LISTEN
+            inodes.add(fields[9])
+    nice = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+            held = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in fds}
+            if any(f"socket:[{inode}]" in held for inode in inodes):
+                nice.add(int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[16]))
+        except (FileNotFoundError, PermissionError, ProcessLookupError):
+            continue
+    return nice
+
+
 def _listening(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
@@ -55,6 +75,9 @@ def test_serve_with_a_shadow_then_stop(tmp_path, served, bento, in_process):
         _wait_ready(f"http://127.0.0.1:{port}/readyz", process, log)
         servers = dict(re.findall(r"^(production|shadow): \S+ at http://127\.0\.0\.1:(\d+)$", log.read_text(), re.M))
         assert set(servers) == {"production", "shadow"}, log.read_text()
+        # The shadow yields the CPU to production.
+        assert _niceness_of_listeners(int(servers["production"])) == {0}
+        assert _niceness_of_listeners(int(servers["shadow"])) == {10}
         ids = [f"serve-{i}" for i in range(12)]
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
             for i, request_id in enumerate(ids):

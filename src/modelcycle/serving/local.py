@@ -6,7 +6,11 @@ serve`` (packaged first if it was not), and the gateway (`modelcycle.serving.gat
 in front, forwarding to production and mirroring a share of the traffic to the shadow.
 
 Every process starts in a session of its own, so stopping it stops its children too. The
-model servers listen on free ports; only the gateway takes the port asked for. All bind
+shadow runs at a lower CPU priority (nice `SHADOW_NICENESS`): the shadow must never slow
+production down, and on a machine with fewer free cores than busy processes the two would
+otherwise share them. Production then keeps the CPU, and a shadow that falls behind shows
+up in the gateway's counts as timed-out or dropped mirrors. (On Kubernetes each version has
+a pod and CPU of its own.) The model servers listen on free ports; only the gateway takes the port asked for. All bind
 127.0.0.1 unless told otherwise.
 Start-up waits for each server's ``/readyz`` and fails with the end of its log if one exits
 or is not ready in time (a bento whose artifact fails its sha256 check never gets ready).
@@ -17,6 +21,7 @@ flushes the prediction log, then the model servers; whatever ignores SIGTERM get
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -37,6 +42,9 @@ BentoML and loads its model, which takes tens of seconds on a busy machine."""
 BENTOML_STARTUP_FAILED = "Application startup failed"
 """What BentoML logs when the service cannot start (its model failed to load, say); the
 server process stays up, so waiting for readiness would only time out."""
+SHADOW_NICENESS = 10
+"""The shadow's ``nice`` increment: under CPU contention it gets about a tenth of what
+production gets."""
 STOP_TIMEOUT_S = 20.0
 """How long a server may take to exit after SIGTERM before it gets SIGKILL. The gateway's
 own drain timeout (10 s by default) must fit in it."""
@@ -74,10 +82,18 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def start_process(role: str, command: Sequence[str], *, url: str, log: Path, env: dict[str, str] | None = None,
-                  cwd: str | os.PathLike | None = None) -> ServerProcess:
+                  cwd: str | os.PathLike | None = None, niceness: int = 0) -> ServerProcess:
+    """Start `command` in a session of its own, output to `log`, `niceness` lower in CPU
+    priority (through ``nice``, which execs the command: the process id stays the server's)."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    command = list(command)
+    if niceness:
+        nice = shutil.which("nice")
+        if nice is None:
+            raise ServingError(f"cannot start the {role} at a lower CPU priority: no 'nice' program on PATH")
+        command = [nice, "-n", str(niceness), *command]
     with open(log, "wb") as out:
-        process = subprocess.Popen(list(command), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    env=env, cwd=cwd, start_new_session=True)
     return ServerProcess(role=role, url=url, process=process, log=log)
 
@@ -122,12 +138,15 @@ def stop_process(server: ServerProcess, *, timeout_s: float = STOP_TIMEOUT_S) ->
 
 
 def serve_bento(bento: PackagedBento, *, role: str, workdir: Path, port: int | None = None,
-                host: str = "127.0.0.1") -> ServerProcess:
-    """Start ``bentoml serve`` on a packaged bento (it is not ready yet; see `wait_ready`)."""
+                host: str = "127.0.0.1", niceness: int | None = None) -> ServerProcess:
+    """Start ``bentoml serve`` on a packaged bento (it is not ready yet; see `wait_ready`).
+    A shadow runs `SHADOW_NICENESS` lower in CPU priority unless `niceness` says otherwise."""
     port = port or free_port(host)
+    if niceness is None:
+        niceness = SHADOW_NICENESS if role == "shadow" else 0
     command = [sys.executable, "-m", "bentoml", "serve", bento.tag, "--host", host, "--port", str(port)]
     server = start_process(role, command, url=f"http://{host}:{port}", log=workdir / "serve" / f"{role}.log",
-                           env=bentoml_env(workdir), cwd=workdir)
+                           env=bentoml_env(workdir), cwd=workdir, niceness=niceness)
     server.failed_when = BENTOML_STARTUP_FAILED
     return server
 
