@@ -19,12 +19,19 @@ Rows printed, with p50, p99 and throughput:
   client: the work 100% mirroring adds to the machine, without a gateway;
 - the gateway in front of our bento, mirroring off, and mirroring 100% to that second bento.
 
+The second bento is started the way `modelcycle serve` starts a shadow: at nice 10, so that
+where the two share cores production keeps the CPU.
+
 Targets, printed next to the figures: single-row p50 at most 1.5x (compute floor + HTTP
 floor); batched throughput at least 5x the naive bento's; the gateway adds at most 1 ms to
 p50 and keeps at least 0.9x the throughput of ``/predict`` without it. With mirroring on,
 it is compared both with our bento alone and with our bento next to a loaded shadow: on a
 machine where the shadow shares production's cores, the shadow's own compute is the larger
-cost, and only the second comparison isolates what the gateway adds.
+cost, and only the second comparison isolates what the gateway adds. Those rows are
+measured seconds apart, and here the model's own p50 drifts by more than a millisecond from
+one slice to the next, so the bench also sends each record to our bento directly and
+through the gateway back to back, in a random order, and reports the median of the
+per-record differences: what the gateway adds, with the drift cancelled.
 
     .venv/bin/python bench/serving.py                 # about three minutes
     .venv/bin/python bench/serving.py --duration 10 --concurrency 32
@@ -42,6 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import yaml
@@ -81,6 +89,7 @@ async def _load(url: str, bodies: list[bytes], *, concurrency: int, duration_s: 
                 warmup: int) -> dict:
     import aiohttp
 
+    run_id = uuid.uuid4().hex[:8]
     latencies: list[float] = []
     errors = 0
     sent = 0
@@ -100,7 +109,7 @@ async def _load(url: str, bodies: list[bytes], *, concurrency: int, duration_s: 
                 sent += 1
                 t0 = time.perf_counter()
                 async with session.post(url, data=bodies[(n + offset) % len(bodies)],
-                                        headers={**headers, "X-Request-ID": f"bench-{offset}-{n}"}) as response:
+                                        headers={**headers, "X-Request-ID": f"bench-{run_id}-{offset}-{n}"}) as response:
                     await response.read()
                     if response.status != 200:
                         errors += 1
@@ -109,6 +118,40 @@ async def _load(url: str, bodies: list[bytes], *, concurrency: int, duration_s: 
         await asyncio.gather(*(worker(i) for i in range(concurrency)))
         elapsed = time.perf_counter() - started
     return {"latencies": latencies, "elapsed": elapsed, "errors": errors}
+
+
+async def _pairs(url_a: str, url_b: str, bodies: list[bytes], *, duration_s: float, warmup: int) -> dict:
+    """One connection to each URL; the same body goes to both, back to back, in a random
+    order, so that whatever drifts (the model's speed, the machine's load) drifts for both."""
+    import random
+
+    import aiohttp
+
+    rng = random.Random(0)
+    headers = {"content-type": "application/json"}
+    latencies: dict[str, list[float]] = {"a": [], "b": []}
+    async with aiohttp.ClientSession() as session:
+
+        async def call(url: str, body: bytes) -> float:
+            t0 = time.perf_counter()
+            async with session.post(url, data=body, headers={**headers, "X-Request-ID": uuid.uuid4().hex}) as response:
+                await response.read()
+                if response.status != 200:
+                    raise RuntimeError(f"{url} answered {response.status}")
+            return time.perf_counter() - t0
+
+        for i in range(warmup):
+            await call(url_a, bodies[i % len(bodies)])
+            await call(url_b, bodies[i % len(bodies)])
+        deadline = time.perf_counter() + duration_s
+        n = 0
+        while time.perf_counter() < deadline:
+            body = bodies[n % len(bodies)]
+            order = ("a", "b") if rng.random() < 0.5 else ("b", "a")
+            for side in order:
+                latencies[side].append(await call(url_a if side == "a" else url_b, body))
+            n += 1
+    return latencies
 
 
 def _stats(latencies: list[float], elapsed: float, *, errors: int = 0) -> dict:
@@ -212,6 +255,12 @@ def _background_load(url: str | None, bodies_file: Path, *, concurrency: int, du
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command")
+    pairs = sub.add_parser("pairs", help="(internal) interleave single requests to two URLs")
+    pairs.add_argument("url_a")
+    pairs.add_argument("url_b")
+    pairs.add_argument("bodies", type=Path)
+    pairs.add_argument("--duration", type=float, default=5.0)
+    pairs.add_argument("--warmup", type=int, default=20)
     load = sub.add_parser("load", help="(internal) generate load")
     load.add_argument("url")
     load.add_argument("bodies", type=Path)
@@ -225,6 +274,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32, help="connections of the throughput load")
     args = parser.parse_args()
 
+    if args.command == "pairs":
+        bodies = [line.encode() for line in args.bodies.read_text().splitlines() if line]
+        print(json.dumps(asyncio.run(_pairs(args.url_a, args.url_b, bodies, duration_s=args.duration,
+                                            warmup=args.warmup))))
+        return
     if args.command == "load":
         bodies = [line.encode() for line in args.bodies.read_text().splitlines() if line]
         result = asyncio.run(_load(args.url, bodies, concurrency=args.concurrency, duration_s=args.duration,
@@ -292,6 +346,7 @@ def run(workdir: Path, *, duration_s: float, concurrency: int) -> None:
         # Rounds, each measuring every row for a slice of the time: a machine whose load
         # changes during the run (other builds, say) then skews every row alike.
         slice_s = duration_s / ROUNDS
+        paired: dict[str, list[dict]] = {}
         raw: dict[str, dict[str, list]] = {label: {"latency": [], "throughput": []}
                                            for label in ["in-process predict (compute floor)", *(c[0] for c in configs)]}
         for round_ in range(ROUNDS):
@@ -304,15 +359,44 @@ def run(workdir: Path, *, duration_s: float, concurrency: int) -> None:
                     with _background_load(alongside, bodies, concurrency=connections, duration_s=slice_s):
                         raw[label][load].append(_load_process(url, bodies, concurrency=connections,
                                                               duration_s=slice_s))
+            for label, url in (("gateway, mirroring off", gateway_off.url), ("gateway, mirroring 100%", gateway_on.url)):
+                paired.setdefault(label, []).append(_pairs_process(ours.url + "/predict", url + "/predict", single,
+                                                                   duration_s=slice_s))
     finally:
         for server in reversed(servers):
-            stop_process(server)
+            stop_process(server)  # the gateways flush their logs on SIGTERM
     results = {}
     for label, loads in raw.items():
         merged = {load: _stats([x for r in runs for x in r["latencies"]], sum(r["elapsed"] for r in runs),
                                errors=sum(r["errors"] for r in runs)) for load, runs in loads.items()}
         results[label] = {**merged["latency"], "throughput": merged["throughput"]}
+    for label, runs in paired.items():
+        direct = [x for r in runs for x in r["a"]]
+        through = [x for r in runs for x in r["b"]]
+        results[label]["paired"] = {
+            "n": len(direct), "direct_p50_ms": 1000 * statistics.median(direct),
+            "gateway_p50_ms": 1000 * statistics.median(through),
+            "added_p50_ms": 1000 * statistics.median(b - a for a, b in zip(direct, through, strict=True)),
+        }
+    results["gateway, mirroring 100%"]["shadow"] = _shadow_answers(workdir / "log-on")
     report(results, concurrency=concurrency)
+
+
+def _pairs_process(url_a: str, url_b: str, bodies_file: Path, *, duration_s: float) -> dict:
+    command = [sys.executable, "-P", __file__, "pairs", url_a, url_b, str(bodies_file), "--duration", str(duration_s)]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=duration_s + 120)
+    if proc.returncode != 0:
+        raise RuntimeError(f"pair load failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout)
+
+
+def _shadow_answers(log_dir: Path) -> dict:
+    """How many of the mirrored requests the shadow answered, from the gateway's log."""
+    from modelcycle.monitoring.predictions import read_prediction_log
+
+    log = read_prediction_log(log_dir)
+    mirrored = log[log["mirrored"]]
+    return {"mirrored": len(mirrored), "answered": int((mirrored["shadow_status"] == 200).sum())}
 
 
 def report(results: dict[str, dict], *, concurrency: int) -> None:
@@ -343,6 +427,13 @@ def report(results: dict[str, dict], *, concurrency: int) -> None:
         kept = gw["throughput"]["rps"] / base["throughput"]["rps"]
         print(f"  {label} vs {base_label}: adds {added:+.2f} ms to p50 (<= 1 ms)  {_verdict(added <= 1.0)}; "
               f"keeps {kept:.2f}x throughput (>= 0.9x)  {_verdict(kept >= 0.9)}")
+    print("\ninterleaved pairs: each record sent to our bento directly and through the gateway, back to back")
+    for label in ("gateway, mirroring off", "gateway, mirroring 100%"):
+        p = get(label)["paired"]
+        print(f"  {label}: p50 {p['gateway_p50_ms']:.2f} ms vs {p['direct_p50_ms']:.2f} ms direct ({p['n']} pairs); "
+              f"median added per record {p['added_p50_ms']:+.2f} ms (<= 1 ms)  {_verdict(p['added_p50_ms'] <= 1.0)}")
+    shadow = get("gateway, mirroring 100%")["shadow"]
+    print(f"  mirroring 100%: the shadow answered {shadow['answered']} of {shadow['mirrored']} mirrored requests")
 
 
 def _verdict(ok: bool) -> str:
