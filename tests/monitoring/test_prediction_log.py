@@ -10,6 +10,7 @@ import pytest
 
 from modelcycle.monitoring.predictions import (
     LogFormatError,
+    PredictionLogReader,
     PredictionLogSettings,
     PredictionLogWriter,
     UpstreamAnswer,
@@ -186,6 +187,40 @@ def test_a_torn_last_line_is_skipped_and_a_damaged_line_elsewhere_is_named(tmp_p
     segment.write_bytes(b"\n".join([lines[0], b"not json", *lines[1:]]))
     with pytest.raises(LogFormatError, match=rf"{segment.name}:2: expected a JSON log entry"):
         read_prediction_log(tmp_path)
+
+
+def test_a_reader_follows_a_growing_log_reading_each_byte_once(tmp_path: Path) -> None:
+    reader = PredictionLogReader(tmp_path)
+    assert reader.refresh().frame().empty
+    with PredictionLogWriter(tmp_path, settings=PredictionLogSettings(max_segment_bytes=600)) as log:
+        log.write_request(request_id="a", records=[{"x": 1}], production=_answer("1", [1]), mirrored=True,
+                          shadow_reason="pending")
+        log.flush()
+        first = reader.refresh().frame()
+        assert list(first["request_id"]) == ["a"] and first.loc[0, "shadow_reason"] == "pending"
+        log.write_shadow(request_id="a", shadow=_answer("2", [0]))
+        for n in range(6):  # enough to rotate into new segments
+            log.write_request(request_id=f"b{n}", records=[{"x": n}], production=_answer("1", [0]), mirrored=False)
+        log.write_feedback(request_id="a", label=1)
+    assert len(segment_paths(tmp_path)) > 1
+    (segment, *_) = segment_paths(tmp_path)
+    read_so_far = segment.stat().st_size
+    with segment.open("ab") as file:  # a line being written: picked up once it is whole
+        file.write(b'{"type":"feedback","request_id":"b0","ts":1.0,')
+    frame = reader.refresh().frame()
+    assert frame.equals(read_prediction_log(tmp_path))
+    assert frame.set_index("request_id").loc["a", ["shadow_prediction", "label"]].tolist() == [0, 1]
+    with segment.open("ab") as file:
+        file.write(b'"label":0,"row":null}\n')
+    assert reader.refresh().frame().set_index("request_id").loc["b0", "label"] == 0
+    assert reader._read[segment][0] == read_so_far + len(b'{"type":"feedback","request_id":"b0","ts":1.0,'
+                                                           b'"label":0,"row":null}\n')
+    with segment.open("ab") as file:
+        file.write(b"not json\n" + json.dumps({"type": "feedback", "request_id": "b1", "ts": 2.0, "label": 1}).encode()
+                   + b"\n")
+    lines = segment.read_bytes().count(b"\n")
+    with pytest.raises(LogFormatError, match=rf"{segment.name}:{lines - 1}: expected a JSON log entry"):
+        reader.refresh()
 
 
 def test_a_new_writer_starts_a_new_segment_next_to_the_old_ones(tmp_path: Path) -> None:

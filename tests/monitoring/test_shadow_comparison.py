@@ -15,7 +15,13 @@ import pytest
 from scipy import stats
 
 from modelcycle.monitoring.predictions import PredictionLogWriter, UpstreamAnswer, read_prediction_log
-from modelcycle.monitoring.shadow import ShadowPolicy, compare_shadow, render_shadow_report, wilson_interval
+from modelcycle.monitoring.shadow import (
+    ShadowPolicy,
+    compare_followed_log,
+    compare_shadow,
+    render_shadow_report,
+    wilson_interval,
+)
 
 POLICY = ShadowPolicy(min_requests=500, min_agreement=0.95, max_latency_ratio=1.5, max_error_rate=0.01)
 
@@ -78,6 +84,18 @@ def test_two_percent_disagreement_promotes(tmp_path: Path) -> None:
     assert comparison.production_versions == ["1"] and comparison.shadow_versions == ["2"]
     assert comparison.latency_ratio_p50.value == pytest.approx(1.0)
     assert all(check.outcome == "pass" for check in comparison.checks)
+
+
+def test_a_followed_log_compares_like_the_whole_log(tmp_path: Path) -> None:
+    write_log(tmp_path / "log", requests=300, disagreements=6, seed=1)
+    early = compare_followed_log(tmp_path / "log", policy=POLICY)
+    assert early.verdict == "hold" and early.requests == 300
+    # A second writer logs r0..r699 again: the later entries win, followed or read whole.
+    write_log(tmp_path / "log", requests=700, disagreements=150, seed=2)
+    later = compare_followed_log(tmp_path / "log", policy=POLICY)
+    whole = compare_shadow(read_prediction_log(tmp_path / "log"), policy=POLICY)
+    assert later.model_dump(exclude={"computed_at"}) == whole.model_dump(exclude={"computed_at"})
+    assert later.verdict == "reject"
 
 
 def test_twenty_percent_disagreement_rejects(tmp_path: Path) -> None:

@@ -76,6 +76,7 @@ if TYPE_CHECKING:
 __all__ = [
     "COLUMNS",
     "LogFormatError",
+    "PredictionLogReader",
     "PredictionLogSettings",
     "PredictionLogWriter",
     "UpstreamAnswer",
@@ -354,24 +355,28 @@ def iter_log_entries(log_dir: str | os.PathLike[str]) -> Iterator[dict[str, Any]
     that does not parse raises `LogFormatError` naming the file and line.
     """
     for path in segment_paths(log_dir):
-        lines = path.read_bytes().split(b"\n")
-        complete = lines[:-1]
-        for number, line in enumerate(complete, start=1):
-            if not line.strip():
+        yield from _parse_lines(path, path.read_bytes(), first_line=1)
+
+
+def _parse_lines(path: Path, data: bytes, *, first_line: int) -> Iterator[dict[str, Any]]:
+    """The entries in the complete lines of `data`, read from `path` at line `first_line`."""
+    complete = data.split(b"\n")[:-1]
+    for number, line in enumerate(complete, start=first_line):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError as exc:
+            if number == first_line + len(complete) - 1:
+                logger.warning("skipping a torn last line in %s", path)
                 continue
-            try:
-                entry = json.loads(line)
-            except ValueError as exc:
-                if number == len(complete):
-                    logger.warning("skipping a torn last line in %s", path)
-                    continue
-                raise LogFormatError(f"{path}:{number}: expected a JSON log entry, found {line[:80]!r} ({exc})") from exc
-            if not isinstance(entry, dict) or entry.get("type") not in ("request", "shadow", "feedback"):
-                raise LogFormatError(
-                    f"{path}:{number}: expected an object with type request, shadow or feedback, "
-                    f"found {line[:80]!r}"
-                )
-            yield entry
+            raise LogFormatError(f"{path}:{number}: expected a JSON log entry, found {line[:80]!r} ({exc})") from exc
+        if not isinstance(entry, dict) or entry.get("type") not in ("request", "shadow", "feedback"):
+            raise LogFormatError(
+                f"{path}:{number}: expected an object with type request, shadow or feedback, "
+                f"found {line[:80]!r}"
+            )
+        yield entry
 
 
 COLUMNS = [
@@ -408,60 +413,98 @@ def read_prediction_log(log_dir: str | os.PathLike[str]) -> pd.DataFrame:
     (an error) gives one row per input record, or one row. A shadow that has not answered yet
     shows ``shadow_reason == "pending"``. ``ts`` and ``label_ts`` are UTC timestamps.
     """
-    # Imported here: the gateway writes the log on its request path and should start without
-    # paying for pandas.
-    import pandas as pd
+    return PredictionLogReader(log_dir).refresh().frame()
 
-    requests: dict[str, dict[str, Any]] = {}
-    shadows: dict[str, dict[str, Any]] = {}
-    labels: dict[tuple[str, int | None], tuple[float, Any]] = {}
-    for entry in iter_log_entries(log_dir):
+
+class PredictionLogReader:
+    """Follows a prediction log: each `refresh` parses only what was appended since the last.
+
+    For a process that looks at a growing log again and again (the gateway's shadow
+    comparison): the files are read from where the last refresh stopped, at the last
+    complete line, so a line being written is picked up whole by a later refresh. The
+    joined entries stay in memory, about a kilobyte per request.
+    """
+
+    def __init__(self, log_dir: str | os.PathLike[str]) -> None:
+        self.log_dir = Path(log_dir)
+        self._read: dict[Path, tuple[int, int]] = {}
+        """Per segment: bytes consumed and lines consumed."""
+        self._requests: dict[str, dict[str, Any]] = {}
+        self._shadows: dict[str, dict[str, Any]] = {}
+        self._labels: dict[tuple[str, int | None], tuple[float, Any]] = {}
+
+    def refresh(self) -> PredictionLogReader:
+        """Parse the complete lines appended to every segment since the last refresh."""
+        for path in segment_paths(self.log_dir):
+            offset, lines = self._read.get(path, (0, 0))
+            try:
+                with open(path, "rb") as segment:
+                    segment.seek(offset)
+                    data = segment.read()
+            except FileNotFoundError:  # expired and removed since it was listed
+                continue
+            end = data.rfind(b"\n") + 1
+            if not end:
+                continue
+            for entry in _parse_lines(path, data[:end], first_line=lines + 1):
+                self._add(entry)
+            self._read[path] = (offset + end, lines + data.count(b"\n", 0, end))
+        return self
+
+    def frame(self) -> pd.DataFrame:
+        """Everything read so far, as `read_prediction_log` describes."""
+        # Imported here: the gateway writes the log on its request path and should start
+        # without paying for pandas.
+        import pandas as pd
+
+        requests, shadows, labels = self._requests, self._shadows, self._labels
+        columns: dict[str, list[Any]] = {name: [] for name in COLUMNS}
+        for request_id, entry in requests.items():
+            production = entry.get("production") or {}
+            shadow_entry = shadows.get(request_id, entry)
+            shadow = shadow_entry.get("shadow") or {}
+            predictions = production.get("predictions")
+            records = entry.get("records")
+            count = len(predictions) if isinstance(predictions, list) and predictions else (
+                len(records) if isinstance(records, list) and records else 1
+            )
+            for row in range(count):
+                labelled = labels.get((request_id, row)) or labels.get((request_id, None))
+                values = {
+                    "request_id": request_id,
+                    "row": row,
+                    "ts": entry["ts"],
+                    "record": _nth(records, row),
+                    "mirrored": bool(entry.get("mirrored")),
+                    "shadow_reason": shadow_entry.get("shadow_reason"),
+                    "label": labelled[1] if labelled else None,
+                    "label_ts": labelled[0] if labelled else None,
+                }
+                for side, answer in (("production", production), ("shadow", shadow)):
+                    values[f"{side}_model"] = answer.get("model")
+                    values[f"{side}_version"] = answer.get("version")
+                    values[f"{side}_prediction"] = _nth(answer.get("predictions"), row)
+                    values[f"{side}_probabilities"] = _nth(answer.get("probabilities"), row)
+                    values[f"{side}_latency_ms"] = answer.get("latency_ms")
+                    values[f"{side}_status"] = answer.get("status")
+                    values[f"{side}_error"] = answer.get("error")
+                for name in COLUMNS:
+                    columns[name].append(values[name])
+        frame = pd.DataFrame({name: pd.Series(columns[name], dtype=_DTYPES.get(name, object)) for name in COLUMNS})
+        for name in ("ts", "label_ts"):
+            frame[name] = pd.to_datetime(frame[name], unit="s", utc=True)
+        return frame
+
+    def _add(self, entry: dict[str, Any]) -> None:
         kind = entry["type"]
         if kind == "request":
-            requests[entry["request_id"]] = entry
+            self._requests[entry["request_id"]] = entry
         elif kind == "shadow":
-            shadows[entry["request_id"]] = entry
+            self._shadows[entry["request_id"]] = entry
         else:
             key = (entry["request_id"], entry.get("row"))
-            if key not in labels or entry["ts"] >= labels[key][0]:
-                labels[key] = (entry["ts"], entry["label"])
-
-    columns: dict[str, list[Any]] = {name: [] for name in COLUMNS}
-    for request_id, entry in requests.items():
-        production = entry.get("production") or {}
-        shadow_entry = shadows.get(request_id, entry)
-        shadow = shadow_entry.get("shadow") or {}
-        predictions = production.get("predictions")
-        records = entry.get("records")
-        count = len(predictions) if isinstance(predictions, list) and predictions else (
-            len(records) if isinstance(records, list) and records else 1
-        )
-        for row in range(count):
-            labelled = labels.get((request_id, row)) or labels.get((request_id, None))
-            values = {
-                "request_id": request_id,
-                "row": row,
-                "ts": entry["ts"],
-                "record": _nth(records, row),
-                "mirrored": bool(entry.get("mirrored")),
-                "shadow_reason": shadow_entry.get("shadow_reason"),
-                "label": labelled[1] if labelled else None,
-                "label_ts": labelled[0] if labelled else None,
-            }
-            for side, answer in (("production", production), ("shadow", shadow)):
-                values[f"{side}_model"] = answer.get("model")
-                values[f"{side}_version"] = answer.get("version")
-                values[f"{side}_prediction"] = _nth(answer.get("predictions"), row)
-                values[f"{side}_probabilities"] = _nth(answer.get("probabilities"), row)
-                values[f"{side}_latency_ms"] = answer.get("latency_ms")
-                values[f"{side}_status"] = answer.get("status")
-                values[f"{side}_error"] = answer.get("error")
-            for name in COLUMNS:
-                columns[name].append(values[name])
-    frame = pd.DataFrame({name: pd.Series(columns[name], dtype=_DTYPES.get(name, object)) for name in COLUMNS})
-    for name in ("ts", "label_ts"):
-        frame[name] = pd.to_datetime(frame[name], unit="s", utc=True)
-    return frame
+            if key not in self._labels or entry["ts"] >= self._labels[key][0]:
+                self._labels[key] = (entry["ts"], entry["label"])
 
 
 _DTYPES = {

@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from modelcycle.monitoring.predictions import COLUMNS
+from modelcycle.monitoring.predictions import COLUMNS, PredictionLogReader
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -63,6 +63,7 @@ __all__ = [
     "ShadowCheck",
     "ShadowComparison",
     "ShadowPolicy",
+    "compare_followed_log",
     "compare_shadow",
     "render_shadow_report",
     "wilson_interval",
@@ -241,6 +242,23 @@ def compare_shadow(
         production_error_rate=production_error_rate,
         shadow_error_rate=shadow_error_rate,
     )
+
+
+_followed: dict[Path, PredictionLogReader] = {}
+"""The logs `compare_followed_log` follows in this process, by directory."""
+
+
+def compare_followed_log(log_dir: str | os.PathLike[str], *, policy: ShadowPolicy | None = None) -> ShadowComparison:
+    """`compare_shadow` over the prediction log in `log_dir`, parsing only what was appended
+    since the last call for the same directory in this process.
+
+    The readers stay in this module for the life of the process: this is meant for a
+    long-lived worker that compares the same growing log again and again (the gateway's)."""
+    path = Path(log_dir).resolve()
+    reader = _followed.get(path)
+    if reader is None:
+        reader = _followed[path] = PredictionLogReader(path)
+    return compare_shadow(reader.refresh().frame(), policy=policy)
 
 
 def _checks(

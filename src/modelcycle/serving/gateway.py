@@ -15,7 +15,10 @@ with production's answer as soon as the client has it (the log's bookkeeping run
 answer is written, off the client's wait), the shadow's answer as a
 second entry when it arrives. ``POST /feedback`` adds the true label of a request.
 ``GET /shadow/comparison`` and the ``modelcycle_shadow_*`` gauges of ``GET /metrics`` report
-`compare_shadow` over the log, recomputed at most every `comparison_ttl_s` seconds.
+`compare_shadow` over the log, recomputed at most every `comparison_ttl_s` seconds, in a
+worker process of its own (`compare_followed_log`): it parses only what was appended since
+its last look, and its pandas and statistics never hold this process's GIL while requests
+wait.
 
 On SIGTERM the gateway stops accepting connections, lets in-flight requests finish, gives
 queued and in-flight mirrors up to `drain_timeout_s` to complete, logs the ones left over
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import hashlib
 import json
 import logging
@@ -36,6 +40,9 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -54,9 +61,8 @@ from modelcycle.monitoring.predictions import (
     PredictionLogSettings,
     PredictionLogWriter,
     UpstreamAnswer,
-    read_prediction_log,
 )
-from modelcycle.monitoring.shadow import ShadowComparison, ShadowPolicy, compare_shadow
+from modelcycle.monitoring.shadow import ShadowComparison, ShadowPolicy, compare_followed_log
 from modelcycle.serving.upstream import Upstream, UpstreamError
 
 __all__ = ["GATEWAY", "Gateway", "GatewayConfig", "create_app", "in_mirror_sample", "main"]
@@ -101,7 +107,8 @@ class GatewayConfig(BaseModel):
     """Seconds a shutdown waits for queued and in-flight mirrors before logging them as not
     answered. Keep it below the pod's termination grace period."""
     comparison_ttl_s: Annotated[float, Field(ge=0)] = 5.0
-    """Seconds a computed shadow comparison is reused; it reads the whole log."""
+    """Seconds a computed shadow comparison is reused; computing it costs time linear in
+    the requests logged (in a worker process, off the request path)."""
     log: PredictionLogSettings = PredictionLogSettings()
     """Segment rotation and flushing of the prediction log."""
     policy: ShadowPolicy = ShadowPolicy()
@@ -212,6 +219,7 @@ class Gateway:
         self._production_counts: dict[int, Counter] = {}
         self._comparison: tuple[float, ShadowComparison] | None = None
         self._comparison_lock = asyncio.Lock()
+        self._comparer: ProcessPoolExecutor | None = None
 
     async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
         """aiohttp cleanup context: open the log and start the mirror workers; on shutdown
@@ -232,6 +240,8 @@ class Gateway:
             await self._production.close()
             if self._shadow:
                 await self._shadow.close()
+            if self._comparer:
+                self._comparer.shutdown(wait=False, cancel_futures=True)
             await asyncio.get_running_loop().run_in_executor(None, self.log.close)
 
     async def on_shutdown(self, app: web.Application) -> None:
@@ -327,19 +337,27 @@ class Gateway:
         return web.Response(body=comparison.model_dump_json(), content_type="application/json")
 
     async def comparison(self) -> ShadowComparison:
-        """The shadow comparison over the log, recomputed in a thread when older than the TTL."""
+        """The shadow comparison over the log, recomputed in the worker process when older
+        than the TTL (the log is flushed first, so it covers every answer logged so far)."""
         async with self._comparison_lock:
             now = time.monotonic()
             if self._comparison and now - self._comparison[0] < self.config.comparison_ttl_s:
                 return self._comparison[1]
-            comparison = await asyncio.get_running_loop().run_in_executor(None, self._compare)
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, self.log.flush)
+            if self._comparer is None:
+                # spawn, not fork: this process has threads (the log's flusher, executors).
+                self._comparer = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            try:
+                comparison = await loop.run_in_executor(
+                    self._comparer, partial(compare_followed_log, self.config.log_dir, policy=self.config.policy)
+                )
+            except BrokenProcessPool:
+                self._comparer = None  # the worker died (out of memory, say); the next call starts another
+                raise
             self._comparison = (now, comparison)
             self.metrics.show(comparison)
             return comparison
-
-    def _compare(self) -> ShadowComparison:
-        self.log.flush()
-        return compare_shadow(read_prediction_log(self.config.log_dir), policy=self.config.policy)
 
     def _mirror(self, request_id: str, body: bytes, content_type: str) -> tuple[bool, str]:
         """Queue a mirror when the id is in the sample; (mirrored, shadow_reason for the log)."""
