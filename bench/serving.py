@@ -17,7 +17,9 @@ Rows printed, with p50, p99 and throughput:
   batching merges concurrent requests into one model call);
 - our bento ``/predict`` while a second bento (the shadow) takes the same load from another
   client: the work 100% mirroring adds to the machine, without a gateway;
-- the gateway in front of our bento, mirroring off, and mirroring 100% to that second bento.
+- the gateway in front of our bento, mirroring off, and mirroring 100% to that second bento;
+- a TCP relay in front of our bento (the proxy floor: one more process on the path, no
+  HTTP), measured in the interleaved pairs below only.
 
 The second bento is started the way `modelcycle serve` starts a shadow: at nice 10, so that
 where the two share cores production keeps the CPU.
@@ -161,6 +163,27 @@ def _stats(latencies: list[float], elapsed: float, *, errors: int = 0) -> dict:
             "rps": len(ordered) / elapsed}
 
 
+async def _relay(port: int, upstream_port: int) -> None:
+    """The proxy floor: a TCP relay that pipes bytes both ways between each client connection
+    and a connection of its own to the upstream. No HTTP, no logging: what one more process
+    on the path costs on this machine, and no proxy can cost less."""
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+        finally:
+            writer.close()
+
+    async def handle(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", upstream_port)
+        await asyncio.gather(pipe(client_reader, upstream_writer), pipe(upstream_reader, client_writer),
+                             return_exceptions=True)
+
+    server = await asyncio.start_server(handle, "127.0.0.1", port)
+    await server.serve_forever()
+
+
 def _echo_app():
     async def app(scope, receive, send):
         if scope["type"] == "lifespan":
@@ -270,6 +293,9 @@ def main() -> None:
     load.add_argument("--warmup", type=int, default=20)
     echo = sub.add_parser("echo", help="(internal) the HTTP floor: an echo server")
     echo.add_argument("--port", type=int, required=True)
+    relay = sub.add_parser("relay", help="(internal) the proxy floor: a TCP relay")
+    relay.add_argument("upstream_port", type=int)
+    relay.add_argument("--port", type=int, required=True)
     parser.add_argument("--duration", type=float, default=6.0, help="seconds per load")
     parser.add_argument("--concurrency", type=int, default=32, help="connections of the throughput load")
     args = parser.parse_args()
@@ -284,6 +310,9 @@ def main() -> None:
         result = asyncio.run(_load(args.url, bodies, concurrency=args.concurrency, duration_s=args.duration,
                                    max_requests=args.max_requests, warmup=args.warmup))
         print(json.dumps(result))
+        return
+    if args.command == "relay":
+        asyncio.run(_relay(args.port, args.upstream_port))
         return
     if args.command == "echo":
         import uvicorn
@@ -332,7 +361,8 @@ def run(workdir: Path, *, duration_s: float, concurrency: int) -> None:
         gateway_off = start("gateway-off", [*gateway, "--mirror-percent", "0", "--log-dir", str(workdir / "log-off")])
         gateway_on = start("gateway-on", [*gateway, "--shadow-url", shadow.url, "--mirror-percent", "100",
                                           "--log-dir", str(workdir / "log-on")])
-        for server in (gateway_off, gateway_on):
+        relay = start("relay", [sys.executable, "-P", __file__, "relay", ours.url.rsplit(":", 1)[1]])
+        for server in (gateway_off, gateway_on, relay):
             wait_ready(server)
         configs = [  # label, URL, bodies, a URL that gets the same load meanwhile
             ("HTTP echo (HTTP floor)", echo.url + "/", single, None),
@@ -359,7 +389,8 @@ def run(workdir: Path, *, duration_s: float, concurrency: int) -> None:
                     with _background_load(alongside, bodies, concurrency=connections, duration_s=slice_s):
                         raw[label][load].append(_load_process(url, bodies, concurrency=connections,
                                                               duration_s=slice_s))
-            for label, url in (("gateway, mirroring off", gateway_off.url), ("gateway, mirroring 100%", gateway_on.url)):
+            for label, url in (("TCP relay (proxy floor)", relay.url), ("gateway, mirroring off", gateway_off.url),
+                               ("gateway, mirroring 100%", gateway_on.url)):
                 paired.setdefault(label, []).append(_pairs_process(ours.url + "/predict", url + "/predict", single,
                                                                    duration_s=slice_s))
     finally:
@@ -370,6 +401,7 @@ def run(workdir: Path, *, duration_s: float, concurrency: int) -> None:
         merged = {load: _stats([x for r in runs for x in r["latencies"]], sum(r["elapsed"] for r in runs),
                                errors=sum(r["errors"] for r in runs)) for load, runs in loads.items()}
         results[label] = {**merged["latency"], "throughput": merged["throughput"]}
+    results["TCP relay (proxy floor)"] = {}
     for label, runs in paired.items():
         direct = [x for r in runs for x in r["a"]]
         through = [x for r in runs for x in r["b"]]
@@ -403,6 +435,8 @@ def report(results: dict[str, dict], *, concurrency: int) -> None:
     print(f"\nserving one fraud record per request; latency at 1 connection, throughput at {concurrency}")
     print(f"{'':38} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}   {'thr. p50':>8} {'thr. p99':>8} {'errors':>6}")
     for label, r in results.items():
+        if "throughput" not in r:
+            continue
         t = r["throughput"]
         print(f"{label:38} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} {t['rps']:8.0f}   {t['p50_ms']:8.2f} "
               f"{t['p99_ms']:8.2f} {r['errors'] + t['errors']:6d}")
@@ -427,11 +461,15 @@ def report(results: dict[str, dict], *, concurrency: int) -> None:
         kept = gw["throughput"]["rps"] / base["throughput"]["rps"]
         print(f"  {label} vs {base_label}: adds {added:+.2f} ms to p50 (<= 1 ms)  {_verdict(added <= 1.0)}; "
               f"keeps {kept:.2f}x throughput (>= 0.9x)  {_verdict(kept >= 0.9)}")
-    print("\ninterleaved pairs: each record sent to our bento directly and through the gateway, back to back")
+    print("\ninterleaved pairs: each record sent to our bento directly and through a proxy, back to back")
+    floor = get("TCP relay (proxy floor)")["paired"]
+    print(f"  TCP relay (proxy floor): p50 {floor['gateway_p50_ms']:.2f} ms vs {floor['direct_p50_ms']:.2f} ms direct "
+          f"({floor['n']} pairs); median added per record {floor['added_p50_ms']:+.2f} ms")
     for label in ("gateway, mirroring off", "gateway, mirroring 100%"):
         p = get(label)["paired"]
         print(f"  {label}: p50 {p['gateway_p50_ms']:.2f} ms vs {p['direct_p50_ms']:.2f} ms direct ({p['n']} pairs); "
-              f"median added per record {p['added_p50_ms']:+.2f} ms (<= 1 ms)  {_verdict(p['added_p50_ms'] <= 1.0)}")
+              f"median added per record {p['added_p50_ms']:+.2f} ms (<= 1 ms)  {_verdict(p['added_p50_ms'] <= 1.0)}, "
+              f"{p['added_p50_ms'] - floor['added_p50_ms']:+.2f} ms over the proxy floor")
     shadow = get("gateway, mirroring 100%")["shadow"]
     print(f"  mirroring 100%: the shadow answered {shadow['answered']} of {shadow['mirrored']} mirrored requests")
 
