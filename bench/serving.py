@@ -166,7 +166,7 @@ def _stats(latencies: list[float], elapsed: float, *, errors: int = 0) -> dict:
 async def _relay(port: int, upstream_port: int) -> None:
     """The proxy floor: a TCP relay that pipes bytes both ways between each client connection
     and a connection of its own to the upstream. No HTTP, no logging: what one more process
-    on the path costs on this machine, and no proxy can cost less."""
+    on the path costs on this machine, and no proxy written in Python can cost less."""
 
     async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

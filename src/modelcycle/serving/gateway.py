@@ -32,10 +32,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import multiprocessing
 import hashlib
 import json
 import logging
+import multiprocessing
 import re
 import time
 import uuid
