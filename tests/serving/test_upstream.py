@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from aiohttp import web
 
+from modelcycle.cluster.pki import ClusterPKI
 from modelcycle.serving.upstream import Upstream, UpstreamError
 
 
@@ -139,6 +141,25 @@ async def test_at_most_max_connections_calls_are_in_flight() -> None:
         await upstream.close()
     assert [a.body for a in answers] == [b"ok"] * 8
     assert most == 2
+
+
+async def test_https_answers_and_an_untrusted_server_is_refused(tmp_path) -> None:
+    pki = ClusterPKI.create(tmp_path / "pki")  # a CA and a certificate for 127.0.0.1
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(pki.serving_cert, pki.serving_key)
+    runner = web.AppRunner(echo_app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_tls)
+    await site.start()
+    url = f"https://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    try:
+        trusting = Upstream(url, max_connections=1, ssl_context=ssl.create_default_context(cafile=pki.ca_cert))
+        assert (await trusting.request("POST", "/predict", body=b"over tls", timeout=5)).body == b"over tls"
+        await trusting.close()
+        with pytest.raises(UpstreamError, match="certificate verify failed"):
+            await Upstream(url, max_connections=1).request("POST", "/predict", timeout=5)
+    finally:
+        await runner.cleanup()
 
 
 async def test_header_values_cannot_inject_lines() -> None:

@@ -151,16 +151,19 @@ class _Unanswered(UpstreamError):
 
 
 class Upstream:
-    """Keep-alive connections to one model server at `base_url` (http or https)."""
+    """Keep-alive connections to one model server at `base_url` (http or https).
 
-    def __init__(self, base_url: str, *, max_connections: int) -> None:
+    https verifies the server against `ssl_context`, by default the system's trusted CAs
+    (``SSL_CERT_FILE`` points it at another bundle)."""
+
+    def __init__(self, base_url: str, *, max_connections: int, ssl_context: ssl.SSLContext | None = None) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"expected an http:// or https:// base URL, found {base_url!r}")
         self.base_url = base_url.rstrip("/")
         self._host = parts.hostname
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
-        self._ssl = ssl.create_default_context() if parts.scheme == "https" else None
+        self._ssl = (ssl_context or ssl.create_default_context()) if parts.scheme == "https" else None
         self._prefix = parts.path.rstrip("/")
         host_header = parts.netloc.rsplit("@", 1)[-1]
         if not host_header.isascii():
