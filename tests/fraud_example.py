@@ -32,3 +32,15 @@ def small_spec_dict() -> dict:
         if cand["algorithm"] == "hist_gradient_boosting":
             cand["params"] = {"max_iter": 30}
     return spec
+
+
+def regression_spec_dict() -> dict:
+    """`small_spec_dict` turned into a regression of the transaction amount, one ridge candidate."""
+    spec = small_spec_dict()
+    spec.update(task="regression", goal={"primary": {"metric": "rmse", "max": 1000}})
+    spec["data"]["target"] = "amount"
+    spec["features"]["numeric"] = [f for f in spec["features"]["numeric"] if f["name"] != "amount"]
+    spec["features"]["derived"] = []
+    spec["split"]["strategy"] = "random"
+    spec["training"]["candidates"] = [{"algorithm": "ridge", "search_space": {"alpha": [0.1, 1.0]}}]
+    return spec

@@ -6,7 +6,7 @@ import pytest
 from modelcycle import artifacts
 from modelcycle.spec import parse_spec
 from modelcycle.training import distributions, split_data, train_candidate
-from fraud_example import small_spec_dict
+from fraud_example import regression_spec_dict, small_spec_dict
 
 
 def test_splits_are_disjoint_and_out_of_time_is_latest(fraud_frame, spec):
@@ -51,14 +51,7 @@ def test_search_space_forms():
 
 
 def test_regression_task(tmp_path, fraud_frame):
-    data = small_spec_dict()
-    data.update(task="regression", goal={"primary": {"metric": "rmse", "max": 1000}})
-    data["data"]["target"] = "amount"
-    data["features"]["numeric"] = [f for f in data["features"]["numeric"] if f["name"] != "amount"]
-    data["features"]["derived"] = []
-    data["split"]["strategy"] = "random"
-    data["training"]["candidates"] = [{"algorithm": "ridge", "search_space": {"alpha": [0.1, 1.0]}}]
-    spec = parse_spec(data)
+    spec = parse_spec(regression_spec_dict())
     splits = split_data(fraud_frame, spec)
     model, run = train_candidate(spec, spec.training.candidates[0], splits.train, artifact_path=str(tmp_path / "r.joblib"))
     assert model.predict_proba(splits.test) is None

@@ -12,7 +12,7 @@ import json
 import httpx
 import pandas as pd
 import pytest
-from fraud_example import small_spec_dict
+from fraud_example import regression_spec_dict
 
 from modelcycle.registry import Registry
 from modelcycle.serving.local import serve_bento, stop_process, wait_ready
@@ -27,13 +27,8 @@ PASSED = [{"name": "test.rmse", "metric": "rmse", "op": "<=", "threshold": 1000,
 @pytest.fixture(scope="module")
 def regression_server(tmp_path_factory, fraud_frame):
     workdir = tmp_path_factory.mktemp("regression-serving")
-    data = small_spec_dict()
-    data.update(task="regression", goal={"primary": {"metric": "rmse", "max": 1000}})
-    data["data"]["target"] = "amount"
-    data["features"]["numeric"] = [f for f in data["features"]["numeric"] if f["name"] != "amount"]
-    data["features"]["derived"] = []
-    data["split"]["strategy"] = "random"
-    data["training"]["candidates"] = [{"algorithm": "ridge", "search_space": {}}]
+    data = regression_spec_dict()
+    data["training"]["candidates"][0]["search_space"] = {}
     spec = parse_spec(data)
     splits = split_data(fraud_frame, spec)
     model, _ = train_candidate(spec, spec.training.candidates[0], splits.train, artifact_path=str(workdir / "r.joblib"))
