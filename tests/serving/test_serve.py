@@ -67,8 +67,7 @@ def test_serve_with_a_shadow_then_stop(tmp_path, served, bento, in_process):
     port = free_port()
     log = tmp_path / "serve.out"
     command = [sys.executable, "-c", CLI, "serve", "fraud", "--shadow", "2", "--mirror-percent", "100",
-               "--port", str(port), "--workdir", str(served.workdir), "--registry", served.registry.uri,
-               "--log-dir", str(tmp_path / "predictions")]
+               "--port", str(port), "--workdir", str(served.workdir), "--registry", served.registry.uri]
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -97,7 +96,10 @@ def test_serve_with_a_shadow_then_stop(tmp_path, served, bento, in_process):
             process.wait()
     assert not any(_listening(int(p)) for p in (port, *servers.values())), "a server outlived serve"
 
-    entries = read_prediction_log(tmp_path / "predictions")
+    # By default each pairing of production and shadow gets a log of its own.
+    log_dir = served.workdir / "predictions" / "fraud" / "v1-shadow-v2"
+    assert f"prediction log {log_dir}" in log.read_text()
+    entries = read_prediction_log(log_dir)
     logged = entries[entries.request_id.isin(ids)]
     assert set(logged.request_id) == set(ids)
     assert logged.mirrored.all()

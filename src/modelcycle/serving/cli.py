@@ -54,7 +54,7 @@ def serving_commands(app: typer.Typer) -> None:
         port: Annotated[int, typer.Option(help="The gateway's port.")] = 8080,
         host: Annotated[str, typer.Option(help="The address every server binds.")] = "127.0.0.1",
         log_dir: Annotated[Optional[Path], typer.Option(
-            help="The prediction log (default: WORKDIR/predictions/NAME).")] = None,
+            help="The prediction log (default: WORKDIR/predictions/NAME/vP[-shadow-vS], one per pairing).")] = None,
         workdir: WorkdirOpt = DEFAULT_WORKDIR,
         registry: RegistryOpt = None,
     ) -> None:

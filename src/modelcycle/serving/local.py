@@ -151,6 +151,12 @@ def serve_bento(bento: PackagedBento, *, role: str, workdir: Path, port: int | N
     return server
 
 
+def default_log_dir(workdir: Path, production: ModelVersion, shadow: ModelVersion | None) -> Path:
+    """WORKDIR/predictions/NAME/vP, or .../vP-shadow-vS: one prediction log per pairing."""
+    pairing = f"v{production.version}" + (f"-shadow-v{shadow.version}" if shadow is not None else "")
+    return workdir / "predictions" / production.name / pairing
+
+
 @dataclass
 class LocalServing:
     """Production, an optional shadow and the gateway, run as local processes."""
@@ -166,7 +172,9 @@ class LocalServing:
     port: int = 8080
     host: str = "127.0.0.1"
     log_dir: Path | None = None
-    """Where the gateway writes the prediction log [default: WORKDIR/predictions/NAME]."""
+    """Where the gateway writes the prediction log [default: WORKDIR/predictions/NAME/vP, or
+    .../vP-shadow-vS with a shadow: one log per pairing, so that a comparison never mixes
+    the answers of two shadows]."""
     say: Callable[[str], None] = print
     servers: list[ServerProcess] = field(default_factory=list)
     production_version: ModelVersion | None = None
@@ -210,7 +218,7 @@ class LocalServing:
 
     def _start_gateway(self) -> None:
         production = self.servers[0]
-        log_dir = self.log_dir or self.workdir / "predictions" / self.production_version.name
+        log_dir = self.log_dir or default_log_dir(self.workdir, self.production_version, self.shadow_version)
         command = [sys.executable, "-m", "modelcycle.serving.gateway", "--production-url", production.url,
                    "--log-dir", str(log_dir), "--host", self.host, "--port", str(self.port),
                    "--mirror-percent", str(self.mirror_percent if self.shadow_version else 0)]
