@@ -257,7 +257,7 @@ def compare_followed_log(log_dir: str | os.PathLike[str], *, policy: ShadowPolic
     path = Path(log_dir).resolve()
     reader = _followed.get(path)
     if reader is None:
-        reader = _followed[path] = PredictionLogReader(path)
+        reader = _followed[path] = PredictionLogReader(path, keep_records=False)
     return compare_shadow(reader.refresh().frame(), policy=policy)
 
 

@@ -55,9 +55,12 @@ DEFAULT_RESOURCES: dict[str, dict[str, str]] = {
 """A model server's resources unless the spec says otherwise: a small model fits, and the
 memory limit keeps a leaking one from taking the node."""
 GATEWAY_RESOURCES: dict[str, dict[str, str]] = {
-    "requests": {"cpu": "100m", "memory": "128Mi"},
-    "limits": {"memory": "512Mi"},
+    "requests": {"cpu": "100m", "memory": "256Mi"},
+    "limits": {"memory": "1536Mi"},
 }
+"""The gateway and its comparison worker: the worker holds the shadow period's log in memory
+(about 7 KB per request at its peak, with pandas and scipy 180 MB to start), so the limit
+allows a shadow period of roughly 200,000 requests."""
 
 
 def child_name(md_name: str, component: Component) -> str:
