@@ -253,11 +253,19 @@ def _in_process(model, records: list[dict], duration_s: float) -> dict:
 
 
 def _load_process(url: str, bodies_file: Path, *, concurrency: int, duration_s: float) -> dict:
-    command = [sys.executable, "-P", __file__, "load", url, str(bodies_file), "--concurrency", str(concurrency),
-               "--duration", str(duration_s)]
+    return _run_internal(["load", url, str(bodies_file), "--concurrency", str(concurrency)], duration_s=duration_s)
+
+
+def _pairs_process(url_a: str, url_b: str, bodies_file: Path, *, duration_s: float) -> dict:
+    return _run_internal(["pairs", url_a, url_b, str(bodies_file)], duration_s=duration_s)
+
+
+def _run_internal(args: list[str], *, duration_s: float) -> dict:
+    """Run one of this script's internal load commands in a process of its own; its JSON."""
+    command = [sys.executable, "-P", __file__, *args, "--duration", str(duration_s)]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=duration_s + 120)
     if proc.returncode != 0:
-        raise RuntimeError(f"load generator failed:\n{proc.stderr[-2000:]}")
+        raise RuntimeError(f"{args[0]} failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout)
 
 
@@ -412,14 +420,6 @@ def run(workdir: Path, *, duration_s: float, concurrency: int) -> None:
         }
     results["gateway, mirroring 100%"]["shadow"] = _shadow_answers(workdir / "log-on")
     report(results, concurrency=concurrency)
-
-
-def _pairs_process(url_a: str, url_b: str, bodies_file: Path, *, duration_s: float) -> dict:
-    command = [sys.executable, "-P", __file__, "pairs", url_a, url_b, str(bodies_file), "--duration", str(duration_s)]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=duration_s + 120)
-    if proc.returncode != 0:
-        raise RuntimeError(f"pair load failed:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout)
 
 
 def _shadow_answers(log_dir: Path) -> dict:

@@ -84,14 +84,8 @@ class OperatorProcess:
         self.process.wait(timeout=10)
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
+        if self.process is not None:
+            _terminate(self.process, grace_s=10)
 
     def reconciles(self) -> int:
         """Reconcile passes done so far, from the operator's metrics (0 until it answers)."""
@@ -290,12 +284,16 @@ class GatewayProcess:
             return json.loads(answer.read())
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
+        _terminate(self.process, grace_s=20)
 
 
+def _terminate(process: subprocess.Popen[bytes], *, grace_s: float) -> None:
+    """SIGTERM the process's session; SIGKILL it if it has not exited after `grace_s`."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
