@@ -42,6 +42,22 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def write_object(fs, path: str, data: bytes) -> None:
+    """Write `data` at `path` of the fsspec filesystem `fs`, all at once: on a local disk by
+    `write_atomic`, on an object store by a single whole-object write, which readers see
+    entirely or not at all."""
+    if _is_local(fs):
+        write_atomic(path, data)
+    else:
+        fs.pipe_file(path, data)
+
+
+def _is_local(fs) -> bool:
+    from fsspec.implementations.local import LocalFileSystem
+
+    return isinstance(fs, LocalFileSystem)
+
+
 def save(obj: object, path: str | os.PathLike) -> tuple[str, int]:
     """Pickle `obj` to `path`; return its sha256 and size in bytes."""
     data = dumps(obj)

@@ -4,7 +4,7 @@ Exit codes, the same for every command:
   0  done
   1  an unexpected failure (the message says where)
   2  bad usage or an invalid spec
-  3  the model was trained but failed a gate, and was registered as rejected
+  3  the model was trained but failed a gate: it is in the registry as rejected
   4  the data failed validation; nothing was trained or registered
 """
 
@@ -85,12 +85,15 @@ def init(
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the spec.")] = Path("modelcycle.yaml"),
     force: Annotated[bool, typer.Option(help="Overwrite an existing spec.")] = False,
 ) -> None:
-    """Write a starter spec from a data file: column kinds, task and candidates are guessed."""
+    """Write a starter spec from a data file: column kinds, task and candidates are guessed, and the
+    primary gate is proposed from a quick baseline (a dummy and a linear model, cross-validated)."""
     import pandas as pd
     import yaml
 
+    from modelcycle.artifacts import write_atomic
     from modelcycle.data import DataError, read_source
-    from modelcycle.spec import DataSpec, parse_spec
+    from modelcycle.evaluation import BASELINE_MAX_ROWS, measure_baseline
+    from modelcycle.spec import DataSpec, parse_spec, spec_from_text
 
     if out.exists() and not force:
         raise _fail(f"{out} exists; pass --force to overwrite it", EXIT_USAGE)
@@ -121,11 +124,12 @@ def init(
         else:
             categorical.append(col)
     classification = task != "regression"
+    metric = {"binary_classification": "roc_auc", "multiclass_classification": "f1", "regression": "r2"}[task]
     spec = {
         "name": re.sub(r"[^a-z0-9-]+", "-", (name or data.stem).lower()).strip("-")[:63] or "model",
         "task": task,
         "goal": {"description": "Say what the model is for, and what a mistake costs.",
-                 "primary": {"metric": "roc_auc", "min": 0.75} if classification else {"metric": "r2", "min": 0.5}},
+                 "primary": {"metric": metric, "min": 0.0}},  # proposed from the baseline below
         "data": {"source": str(data), "target": target, **({"id_column": id_column} if id_column else {}),
                  **({"time_column": time_column} if time_column else {})},
         "features": {"numeric": numeric, "categorical": categorical, "datetime": dates},
@@ -138,12 +142,34 @@ def init(
         ]},
         "budget": {"max_latency_ms_p95": 50, "max_artifact_mb": 100},
     }
-    if task == "multiclass_classification":
-        spec["goal"]["primary"] = {"metric": "f1", "min": 0.6}
-    parse_spec(spec, source=str(out))  # what we write must load
-    out.write_text(yaml.safe_dump(spec, sort_keys=False))
+    with console.status(f"measuring a baseline {metric} on {min(len(frame), BASELINE_MAX_ROWS):,} rows"):
+        try:
+            baseline = measure_baseline(parse_spec(spec, source=str(out)), frame)
+        except ValueError as exc:
+            raise _fail(f"{data}: {exc}", EXIT_USAGE) from None
+    proposed = baseline.proposed_threshold()
+    spec["goal"]["primary"] = proposed.model_dump(exclude_none=True)
+    bound = f">= {proposed.min:g}" if proposed.min is not None else f"<= {proposed.max:g}"
+    comment = "".join(f"  # {line}\n" for line in [
+        f"The primary gate was proposed by `modelcycle init` from a quick baseline: {baseline.folds}-fold",
+        f"cross-validated {metric} on {baseline.rows:,} rows of {data.name}, with the features below.",
+        f"  {baseline.dummy:<24} {baseline.dummy_mean:.3f} ± {baseline.dummy_std:.3f}",
+        f"  {baseline.linear:<24} {baseline.linear_mean:.3f} ± {baseline.linear_std:.3f}",
+        f"{metric} {bound} is {baseline.rule}: a model below it has learned little.",
+        "It is a floor, not a target: raise it to what a mistake costs the business.",
+    ])
+    text = yaml.safe_dump(spec, sort_keys=False, width=120).replace("\n  primary:\n", f"\n{comment}  primary:\n", 1)
+    spec_from_text(text, source=str(out))  # what we write must load
+    write_atomic(out, text.encode())
     console.print(f"wrote {out}: task [b]{task}[/], {len(numeric)} numeric, {len(categorical)} categorical, "
-                  f"{len(dates)} datetime column(s). Review the goal's thresholds, then run [b]modelcycle run {out}[/].")
+                  f"{len(dates)} datetime column(s).")
+    console.print(f"baseline {metric}: {baseline.dummy} {baseline.dummy_mean:.3f} ± {baseline.dummy_std:.3f}, "
+                  f"{baseline.linear} {baseline.linear_mean:.3f} ± {baseline.linear_std:.3f}; proposed gate "
+                  f"{metric} {bound} ({baseline.rule}).")
+    if not baseline.learns:
+        console.print(f"[yellow]warning:[/] {baseline.linear} did no better than a dummy: check that {target!r} is the "
+                      "column to predict and that the features can tell its values apart.")
+    console.print(f"Review the goal, then run [b]modelcycle run {out}[/].")
 
 
 class _PhaseProgress:
@@ -207,11 +233,15 @@ def _run(spec_path: Path, workdir: Path, registry: str | None) -> None:
             code = EXIT_INVALID_DATA if "data validation failed" in reason else EXIT_FAILURE
             raise _fail(f"{_PhaseProgress._color.sub('', str(exc))}\n{reason}\nfull log: {log_path}", code) from None
     name, ref = parse_model_ref(result.model_version)
-    version = _registry(registry, workdir).get(name, ref)
-    _print_version(version)
+    reg = _registry(registry, workdir)
+    version = reg.get(name, ref)
+    _print_version(version, registry=reg)
     console.print(f"\nreport:   {result.report}\nregistry: {registry or workdir / 'registry'}\n"
-                  f"log:      {log_path}\ntook {result.seconds:.1f} s")
+                  f"log:      {log_path}\ntook {result.seconds:.1f} s", soft_wrap=True)
     if version.status == "rejected":
+        for gate in version.gates:
+            if not gate.passed:
+                console.print(f"[red]rejected[/]: {gate.describe()}", highlight=False)
         raise typer.Exit(EXIT_REJECTED)
 
 
@@ -275,53 +305,101 @@ def compile_(
 
 @data_app.command("validate")
 def data_validate(
-    data: Annotated[Path, typer.Argument(help="A CSV or Parquet file to check.")],
+    data: Annotated[Path, typer.Argument(help="A CSV, JSON lines or Parquet file to check.")],
     spec: Annotated[Path, typer.Option("--spec", "-s", help="The project spec.")] = Path("modelcycle.yaml"),
     workdir: WorkdirOpt = DEFAULT_WORKDIR,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    examples: Annotated[int, typer.Option("--examples", "-n", min=1, help="Example rows shown per problem.")] = 3,
 ) -> None:
-    """Check a data file against the schema of the latest data version (or the spec's rules)."""
-    from modelcycle.data import DataError, DataStore, read_source
+    """Check a data file against the schema of the latest data version that passed validation (or
+    the spec's rules), and list every problem: errors and warnings, each with its column, check,
+    count and example rows. Rows are 0-based data rows; lines are lines of the file, where known.
+
+    Exit code 0 when there are warnings only, 4 when there is an error."""
+    from rich.markup import escape
+    from rich.table import Column
+
+    from modelcycle.data import DataError, DataStore, first_data_line, read_source
     from modelcycle.lifecycle import SCHEMA_FILE
     from modelcycle.validation import DataSchema, infer_schema, validate
 
     project = _spec(spec)
+    source = project.data.model_copy(update={"source": str(data.resolve()), "format": "auto"})
     try:
-        frame = read_source(project.data.model_copy(update={"source": str(data.resolve()), "format": "auto"}))
+        frame = read_source(source)
     except DataError as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
     store = DataStore(workdir / "data")
-    schema, against = None, "the spec's rules (no data version has a schema yet)"
+    schema, against = None, "the spec's rules (no data version has passed validation yet)"
     for version in reversed(store.versions()):
-        if text := store.attachment(version.id, SCHEMA_FILE):
+        if store.invalid_report(version.id) is None and (text := store.attachment(version.id, SCHEMA_FILE)):
             schema, against = DataSchema.model_validate_json(text), f"data version {version.short_id}"
             break
     schema = schema or infer_schema(frame, project)
-    report = validate(frame, schema, include_target=project.data.target in frame, id_column=project.data.id_column)
+    report = validate(frame, schema, include_target=project.data.target in frame, id_column=project.data.id_column,
+                      n_examples=examples)
+    if report.issues and (where := first_data_line(source, rows=len(frame))):
+        report = report.number_lines(source=str(data), first_line=where[1])
     if as_json:
         console.print_json(report.model_dump_json())
     else:
         console.print(f"checked {data} against {against}")
-        table = Table("severity", "column", "check", "rows", "examples")
+        table = Table("severity", "column", "check", Column("rows", justify="right"), "examples", show_lines=True)
         for issue in report.issues:
-            examples = ", ".join(f"row {e.row}" + (f"={e.value}" if e.value is not None else "") for e in issue.examples)
+            check = escape(issue.check) + (f"\n[dim]{escape(issue.detail)}[/]" if issue.detail else "")
             table.add_row(f"[{'red' if issue.severity == 'error' else 'yellow'}]{issue.severity}[/]",
-                          issue.column or "-", issue.check, str(issue.count), examples)
+                          escape(issue.column or "-"), check, f"{issue.count:,}", escape(issue.shown("\n")))
         if report.issues:
-            console.print(table)
+            console.print(table, highlight=False)
+            console.print(report.numbering, highlight=False)
         console.print(f"{report.rows:,} rows: {len(report.errors)} error(s), {len(report.warnings)} warning(s)")
     if not report.ok:
         raise typer.Exit(EXIT_INVALID_DATA)
 
 
-def _print_version(v) -> None:
-    color = "green" if v.status == "candidate" else "red"
-    console.print(f"\n[b]{v.name}@{v.version}[/]  status [{color}]{v.status}[/]  aliases {', '.join(v.aliases) or '-'}")
-    table = Table("gate", "value", "needs", "result", box=None)
+def _print_version(v, *, registry=None) -> None:
+    """The verdict, what was selected and why, every candidate's CV score, the comparison with the
+    parent version (when `registry` is given), and the gates with where each threshold came from."""
+    from rich.table import Column
+
+    if v.status == "rejected":
+        verdict = f"[red]rejected[/] (failed {', '.join(g.name for g in v.gates if not g.passed) or 'a gate'})"
+    else:
+        verdict = "[green]registered[/]"
+    aliases = f", alias {', '.join(v.aliases)}" if v.aliases else ", no alias"
+    console.print(f"\n[b]{v.name}@{v.version}[/]  {verdict}{aliases}", highlight=False)
+    params = {k: value for k, value in v.params.items() if k != "algorithm"}
+    console.print(f"selected [b]{v.params.get('algorithm', '?')}[/] ({_params(params)})", highlight=False)
+    if v.selection:
+        console.print(v.selection, highlight=False)
+    if v.candidates:
+        c0 = v.candidates[0]
+        table = Table(Column("", no_wrap=True), Column("candidate", no_wrap=True),
+                      Column(f"CV {c0.metric}", no_wrap=True, justify="right"),
+                      Column("± std", no_wrap=True, justify="right"), "parameters", box=None,
+                      title=f"candidates: {c0.cv_folds}-fold CV on {c0.cv_rows:,} training rows", title_justify="left")
+        for c in v.candidates:
+            table.add_row("✓" if c.selected else "", c.algorithm, f"{c.cv_mean:.4f}", f"{c.cv_std:.4f}", _params(c.params))
+        console.print()
+        console.print(table)
+    parent = v.lineage.parent_version
+    if registry is not None and parent is not None:
+        before = registry.get(v.name, parent)
+        shared = [g.name for g in v.gates if g.name in before.metrics]
+        figures = ", ".join(f"{m} {before.metrics[m]:.4f} -> {v.metrics[m]:.4f}" for m in shared if m in v.metrics)
+        role = ", ".join(before.aliases) or before.status
+        console.print(f"compared with {v.name}@{parent} ({role}){': ' + figures if figures else ''}", highlight=False)
+    console.print()
+    table = Table("gate", "value", "needs", "result", "threshold from", box=None)
     for g in v.gates:
         value = "n/a" if g.value is None else f"{g.value:.4g}"
-        table.add_row(g.name, value, f"{g.op} {g.threshold:g}", "[green]PASS[/]" if g.passed else "[red]FAIL[/]")
+        table.add_row(g.name, value, f"{g.op} {g.threshold:g}", "[green]PASS[/]" if g.passed else "[red]FAIL[/]",
+                      g.source or "-")
     console.print(table)
+
+
+def _params(params: dict) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()) or "defaults"
 
 
 @models_app.command("list")
@@ -331,7 +409,8 @@ def models_list(workdir: WorkdirOpt = DEFAULT_WORKDIR, registry: RegistryOpt = N
     table = Table("model", "version", "status", "aliases", "algorithm", "created", "sha256")
     for name in reg.models():
         for v in reg.versions(name):
-            table.add_row(name, str(v.version), v.status, ", ".join(v.aliases), str(v.params.get("algorithm", "")),
+            status = f"[green]{v.status}[/]" if v.status == "registered" else f"[red]{v.status}[/]"
+            table.add_row(name, str(v.version), status, ", ".join(v.aliases), str(v.params.get("algorithm", "")),
                           v.created_at.strftime("%Y-%m-%d %H:%M"), v.sha256[:12])
     console.print(table)
 
@@ -347,18 +426,19 @@ def models_show(
     from modelcycle.registry import parse_model_ref
 
     name, version_ref = parse_model_ref(ref)
+    reg = _registry(registry, workdir)
     try:
-        v = _registry(registry, workdir).get(name, version_ref)
+        v = reg.get(name, version_ref)
     except KeyError as exc:
         raise _fail(str(exc.args[0] if exc.args else exc), EXIT_USAGE) from None
     if as_json:
         console.print_json(v.model_dump_json())
         return
-    _print_version(v)
+    _print_version(v, registry=reg)
     console.print("\n[b]lineage[/]")
     for key, value in v.lineage.model_dump().items():
-        console.print(f"  {key}: {value}")
-    console.print(f"  artifact: {v.artifact_uri} ({v.size_bytes / 1e6:.2f} MB, sha256 {v.sha256})")
+        console.print(f"  {key}: {value}", soft_wrap=True, highlight=False)  # ids and paths: never cut them
+    console.print(f"  artifact: {v.artifact_uri} ({v.size_bytes / 1e6:.2f} MB, sha256 {v.sha256})", soft_wrap=True)
     console.print("\n[b]metrics[/]")
     for key, value in sorted(v.metrics.items()):
         console.print(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")

@@ -4,11 +4,12 @@ Each phase takes the spec and plain values (paths, ids) and returns plain result
 same code runs inside a Kubeflow pod, in a `kfp.local` subprocess, or in a notebook. The
 Kubeflow components in `modelcycle.components` only move artifacts in and out.
 
-    ingest -> validate -> train (one per candidate) -> evaluate and select -> register
+    ingest -> validate -> train (one per candidate) -> select, refit and evaluate -> register
 
 A validation error stops the run before training; nothing reaches the registry. A model
-that fails a gate is still registered, as `rejected`, so the attempt and its reasons are
-on record; only a model that passes every gate gets an alias.
+that passes every gate is `registered`; one that fails a gate is still stored, as
+`rejected`, so the attempt and its reasons are on record. Only a registered model gets an
+alias (`champion`, `challenger`).
 
 Every Kubeflow task is a fresh process, so each phase imports only what it needs:
 scikit-learn, pandera and matplotlib cost seconds to import, and ingest needs none of them.
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from modelcycle import __version__, artifacts
-from modelcycle.data import DataStore, DataVersion, ingest
+from modelcycle.data import DataStore, DataVersion, describe_source, first_data_line, ingest
 from modelcycle.spec import ProjectSpec
 
 if TYPE_CHECKING:
@@ -53,19 +54,30 @@ def ingest_phase(spec: ProjectSpec, *, store: DataStore) -> DataVersion:
 
 
 def validate_phase(spec: ProjectSpec, version: DataVersion, *, store: DataStore, frame: pd.DataFrame | None = None) -> tuple[DataSchema, ValidationReport]:
-    """Check the data against the schema of the version before it (or the spec's rules on the
-    first run); on success store this version's own schema with it. Raises `DataValidationError`."""
+    """Check the data against the schema of the nearest version before it that passed (or the
+    spec's rules on the first run), and report every problem at once.
+
+    On success store this version's own schema with it. On failure keep the version but mark
+    it invalid, with the report, so that `DataStore.load` refuses it and later runs look past
+    it for their schema (see `modelcycle.data`), and raise `DataValidationError`. Examples
+    name 0-based data rows, and their lines when the source is a file of one record per line."""
     from modelcycle.validation import DataSchema, DataValidationError, infer_schema, validate
 
-    frame = store.load(version.id) if frame is None else frame
+    frame = store.load(version.id, allow_invalid=True) if frame is None else frame
     schema = infer_schema(frame, spec)
-    reference = schema
-    if version.parent and (text := store.attachment(version.parent, SCHEMA_FILE)):
-        reference = DataSchema.model_validate_json(text)
+    reference = next((DataSchema.model_validate_json(text) for before in store.ancestors(version.id)
+                      if store.invalid_report(before.id) is None and (text := store.attachment(before.id, SCHEMA_FILE))),
+                     schema)
     report = validate(frame, reference, id_column=spec.data.id_column)
+    if report.issues and version.source == describe_source(spec.data.source) and (
+            where := first_data_line(spec.data, rows=len(frame), base_dir=spec.base_dir)):
+        report = report.number_lines(source=where[0], first_line=where[1])
     if not report.ok:
-        raise DataValidationError(report)
+        store.mark_invalid(version.id, report.model_dump_json(indent=2))
+        raise DataValidationError(report, context=f"data version {version.short_id} is kept but marked invalid, "
+                                                  "and nothing can train on it")
     store.attach(version.id, SCHEMA_FILE, schema.model_dump_json(indent=2))
+    store.mark_valid(version.id)
     return schema, report
 
 
@@ -83,7 +95,6 @@ def train_phase(spec: ProjectSpec, frame: pd.DataFrame, candidate: int, *, artif
 class Selection:
     model: TrainedModel
     evaluation: Evaluation
-    leaderboard: list[dict]
     splits: Splits
     sha256: str
     size_bytes: int
@@ -91,40 +102,58 @@ class Selection:
 
 def evaluate_phase(spec: ProjectSpec, frame: pd.DataFrame, runs: list[CandidateRun], *, schema: DataSchema,
                    artifact_path: str | Path) -> Selection:
-    """Rank candidates on validation, evaluate the winner in full, save it with its threshold and schema."""
-    from modelcycle.evaluation import evaluate_model, leaderboard
-    from modelcycle.training import split_data
+    """Select a candidate on its cross-validation scores, refit it on the training and validation
+    rows, evaluate it in full, and save it with its threshold and schema.
+
+    The threshold is chosen on the validation rows with the selected candidate's run as trained
+    (on the training rows only), whose predictions there are out of sample; see `evaluate_model`."""
+    from modelcycle.evaluation import evaluate_model, select_candidate
+    from modelcycle.training import refit, split_data
 
     splits = split_data(frame, spec)
-    models = {f"{i}-{r.algorithm}": artifacts.load(r.artifact, sha256=r.sha256) for i, r in enumerate(runs)}
-    board = leaderboard(spec, models, splits.validation)
-    for row in board:
-        run = runs[int(row["candidate"].split("-", 1)[0])]
-        row.update(cv_mean=run.cv_mean, fit_seconds=round(run.fit_seconds + run.search_seconds, 2))
-    best: TrainedModel = models[board[0]["candidate"]]
-    best.schema = schema
-    best_run = runs[int(board[0]["candidate"].split("-", 1)[0])]
-    evaluation = evaluate_model(best, spec, validation=splits.validation, test=splits.test,
-                                out_of_time=splits.out_of_time, artifact_bytes=best_run.size_bytes)
-    sha, size = artifacts.save(best, artifact_path)
-    return Selection(model=best, evaluation=evaluation, leaderboard=board, splits=splits, sha256=sha, size_bytes=size)
+    winner, scores, why = select_candidate(spec, runs)
+    run = runs[winner]
+    held_out: TrainedModel = artifacts.load(run.artifact, sha256=run.sha256)
+    development = splits.development
+    model = refit(spec, run, development)
+    model.schema = schema
+    # The artifact's size is a gate, so it is measured on this model's own bytes; the threshold
+    # that evaluation sets next is one float more, which no budget notices.
+    evaluation = evaluate_model(model, spec, validation=splits.validation, test=splits.test,
+                                out_of_time=splits.out_of_time, artifact_bytes=len(artifacts.dumps(model)),
+                                threshold_model=held_out)
+    evaluation = evaluation.model_copy(update={"candidates": scores, "selection": why, "fit_rows": len(development)})
+    sha, size = artifacts.save(model, artifact_path)
+    return Selection(model=model, evaluation=evaluation, splits=splits, sha256=sha, size_bytes=size)
 
 
 def report_html(spec: ProjectSpec, selection: Selection, *, data_version: str) -> str:
     from modelcycle.report import render_report
 
-    return render_report(spec, selection.evaluation, leaderboard=selection.leaderboard, data_version=data_version,
-                         splits=selection.splits.sizes())
+    return render_report(spec, selection.evaluation, data_version=data_version, splits=selection.splits.sizes())
 
 
 def register_phase(spec: ProjectSpec, *, registry: Registry, model: TrainedModel, evaluation: Evaluation,
-                   data_version: str, schema: DataSchema, run_id: str | None = None) -> ModelVersion:
+                   data_version: str, schema: DataSchema, run_id: str | None = None,
+                   report: str | None = None, data_uri: str | None = None) -> ModelVersion:
     """Record the selected model with its lineage; a model that passed every gate becomes the
-    champion if there is none yet, the challenger otherwise."""
+    champion if there is none yet, the challenger otherwise.
+
+    The lineage links the version to its pipeline run, its evaluation report, and its parent:
+    the champion it was measured against and would replace, or, while there is no champion,
+    the newest version before it (the attempt it follows)."""
+    from modelcycle.registry import ModelNotFound
+
     try:
         champion = registry.get(spec.name, "champion")
-    except KeyError:
+    except ModelNotFound:
         champion = None
+    parent = champion
+    if parent is None:
+        try:
+            parent = registry.get(spec.name, "latest")
+        except ModelNotFound:
+            parent = None
     metrics = {f"{set_name}.{k}": v for set_name, s in evaluation.sets.items() for k, v in s.metrics.items()}
     metrics.update({"latency.p95_ms": evaluation.latency.p95_ms, "latency.p50_ms": evaluation.latency.p50_ms})
     if evaluation.threshold is not None:
@@ -134,16 +163,20 @@ def register_phase(spec: ProjectSpec, *, registry: Registry, model: TrainedModel
         model,
         lineage={
             "data_version": data_version,
+            "data_uri": data_uri,
             "schema_hash": schema.schema_hash(),
             "spec_hash": spec.spec_hash(),
             "code_version": code_version(),
-            "parent_version": champion.version if champion else None,
+            "parent_version": parent.version if parent else None,
             "run_id": run_id,
+            "report": report,
         },
         params={"algorithm": model.algorithm, **model.params},
         metrics=metrics,
-        status="candidate" if evaluation.passed else "rejected",
+        status="registered" if evaluation.passed else "rejected",
         gates=[g.model_dump() for g in evaluation.gates],
+        candidates=evaluation.candidates,
+        selection=evaluation.selection,
     )
     if evaluation.passed:
         registry.set_alias(spec.name, "challenger" if champion else "champion", version.version)

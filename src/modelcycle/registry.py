@@ -1,12 +1,15 @@
 """The model registry: every model that training produced, with its proof and its history.
 
-A registered model is a numbered, immutable `ModelVersion`: the pickled artifact and its
-sha256, the lineage that made it (data version, schema hash, spec hash, code version,
-parent version), its parameters and metrics, and a status with the gate results that
-decided it, `candidate` or `rejected`. Aliases such as `champion` and `challenger` are
-movable names for versions; a rejected version can never be the champion. The artifact is
-loaded only after its bytes match the recorded sha256, so a tampered pickle is refused
-before it can run any code.
+Every model that training produced is kept as a numbered, immutable `ModelVersion`: the
+pickled artifact and its sha256, the lineage that made it (data version, schema hash, spec
+hash, code version, pipeline run, evaluation report, parent version), its parameters and
+metrics, how it was selected among the candidates, and a status with the gate results that
+decided it: `registered` (it passed every gate) or `rejected` (it failed one, and is kept
+for the record). Aliases such as `champion` and `challenger` are movable names for
+registered versions; a rejected version can never be the champion. Manifests written
+before the status was called `registered` say `candidate`, and read as `registered`. The
+artifact is loaded only after its bytes match the recorded sha256, so a tampered pickle is
+refused before it can run any code.
 
 The registry lives in a local folder by default, or at any fsspec URL (`memory://`,
 `file://`, `s3://`, ...)::
@@ -56,10 +59,10 @@ from typing import Any, Literal
 import fsspec
 from filelock import FileLock
 from fsspec.implementations.local import LocalFileSystem
-from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError, field_validator
 
 from modelcycle import artifacts
-from modelcycle.spec import Gate
+from modelcycle.spec import CandidateScore, Gate
 
 DEFAULT_URI = os.path.join(".modelcycle", "registry")
 LOCK_TIMEOUT_S = 60.0
@@ -97,14 +100,25 @@ class ArtifactIntegrityError(RegistryError, artifacts.ArtifactIntegrityError):
 
 class Lineage(BaseModel):
     """Where a model came from. The schema is kept as a hash: the schema itself is stored
-    with the data version. Extra fields (a pipeline run id, say) are kept as given."""
+    with the data version. Extra fields are kept as given."""
 
     model_config = ConfigDict(extra="allow")
     data_version: str | None = None
+    data_uri: str | None = None
+    """Where that data version is stored: its folder or object-store URL."""
     schema_hash: str | None = None
     spec_hash: str | None = None
     code_version: str | None = None
     parent_version: int | None = None
+    """The version this one was measured against and would replace (the champion when it was
+    registered), or, when there was no champion, the newest version before it."""
+    run_id: str | None = None
+    """The pipeline run that trained it (the Kubeflow run's id)."""
+    report: str | None = None
+    """Where that run's evaluation report is: a path or a URL."""
+
+
+Status = Literal["registered", "rejected"]
 
 
 class ModelVersion(BaseModel):
@@ -114,15 +128,25 @@ class ModelVersion(BaseModel):
     sha256: str
     size_bytes: int
     artifact_uri: str
-    status: Literal["candidate", "rejected"]
+    status: Status
+    """`registered` when it passed every gate, `rejected` when it failed one."""
     gates: list[Gate] = []
     lineage: Lineage
     params: dict[str, Any]
     metrics: dict[str, Any]
+    candidates: list[CandidateScore] = []
+    """Every candidate of the run that produced it, with its cross-validated score; the selected one is marked."""
+    selection: str = ""
+    """Why this candidate was selected, in words."""
     aliases: list[str] = []
     """Filled in when read, from the model's aliases.json; not stored in the manifest."""
     annotations: dict[str, str] = {}
     """Set after registration, by packaging for instance (bento tag, image name)."""
+
+    @field_validator("status", mode="before")
+    @classmethod
+    def _former_name(cls, value: Any) -> Any:
+        return "registered" if value == "candidate" else value
 
 
 def check_name(name: str) -> str:
@@ -214,11 +238,12 @@ class Registry:
     # -- writing ---------------------------------------------------------------------------
 
     def register(self, name: str, model: object, *, lineage: Lineage | dict, params: dict, metrics: dict,
-                 status: str = "candidate", gates: Iterable[Gate | dict] = ()) -> ModelVersion:
+                 status: Status = "registered", gates: Iterable[Gate | dict] = (),
+                 candidates: Iterable[CandidateScore | dict] = (), selection: str = "") -> ModelVersion:
         """Store `model` as the next version of `name` and return that version.
 
-        Everything is validated before anything is written. A candidate must have passed
-        all its gates: a model that failed one is registered as `rejected`.
+        Everything is validated before anything is written. A `registered` version must have
+        passed all its gates: a model that failed one is stored with status `rejected`.
         """
         check_name(name)
         data = artifacts.dumps(model)
@@ -228,13 +253,15 @@ class Registry:
                 size_bytes=len(data), artifact_uri="", status=status,
                 gates=[Gate.model_validate(g, from_attributes=True) for g in gates],
                 lineage=Lineage.model_validate(lineage, from_attributes=True), params=params, metrics=metrics,
+                candidates=[CandidateScore.model_validate(c, from_attributes=True) for c in candidates],
+                selection=selection,
             )
             draft.model_dump_json()  # params and metrics must be JSON: find out before writing anything
         except (ValidationError, ValueError) as exc:
             raise RegistryError(f"cannot register model {name!r}: {exc}") from exc
         failed = [g.name for g in draft.gates if not g.passed]
-        if draft.status == "candidate" and failed:
-            raise RegistryError(f"model {name!r} failed gates {', '.join(failed)}: register it as 'rejected'")
+        if draft.status == "registered" and failed:
+            raise RegistryError(f"model {name!r} failed gates {', '.join(failed)}: store it with status 'rejected'")
 
         number = self._claim(name)
         folder = self._dir(name, number)
@@ -344,7 +371,4 @@ class Registry:
         return FileLock(f"{self.root}/{name}/.lock", timeout=LOCK_TIMEOUT_S)
 
     def _write(self, path: str, data: bytes) -> None:
-        if self.local:
-            artifacts.write_atomic(path, data)
-        else:
-            self.fs.pipe_file(path, data)
+        artifacts.write_object(self.fs, path, data)

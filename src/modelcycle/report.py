@@ -1,9 +1,9 @@
 """The evaluation report: one self-contained HTML page a stakeholder can read.
 
-It opens with the verdict (registered as candidate or rejected, and why), then the gates,
-the candidates' leaderboard, and the plots: ROC and precision-recall curves, the confusion
-matrix at the chosen threshold, calibration, the cost of each threshold, and the
-importance of each input column. Plots are PNGs inlined as base64, so the page can be
+It opens with the verdict (registered, or rejected and by which gate), then what won and
+why, the gates with where each threshold came from, every candidate's cross-validated
+score, and the plots: ROC and precision-recall curves, the confusion matrix at the chosen
+threshold, calibration, the cost of each threshold, and the importance of each input column. Plots are PNGs inlined as base64, so the page can be
 mailed, uploaded to the Kubeflow UI as an HTML artifact, or opened from disk.
 """
 
@@ -148,11 +148,14 @@ def _residuals(ev: Evaluation) -> str | None:
     return _png(fig)
 
 
+def _params(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={_fmt(v)}" for k, v in params.items()) or "defaults"
+
+
 def render_report(
     spec: ProjectSpec,
     evaluation: Evaluation,
     *,
-    leaderboard: list[dict[str, Any]],
     data_version: str,
     splits: dict[str, int],
 ) -> str:
@@ -160,13 +163,15 @@ def render_report(
     passed = evaluation.passed
     failed = [g for g in evaluation.gates if not g.passed]
     verdict = (
-        "Passed every gate: registered as a <b>candidate</b>."
+        "Passed every gate: <b>registered</b>. It becomes the champion if the model has none yet, "
+        "the challenger otherwise."
         if passed
-        else "Failed " + ", ".join(html.escape(g.name) for g in failed) + ": registered as <b>rejected</b>."
+        else "<b>Rejected</b>: it is kept in the registry for the record, and can never become the champion."
+        + "".join(f"<br>{html.escape(g.describe())}" for g in failed)
     )
     gates = [
         {"gate": g.name, "value": g.value if g.value is not None else "n/a", "needs": f"{g.op} {g.threshold:g}",
-         "result": "PASS" if g.passed else "FAIL"}
+         "result": "PASS" if g.passed else "FAIL", "threshold from": g.source or "-"}
         for g in evaluation.gates
     ]
     gate_html = _table(gates).replace("<td class=\"\">PASS</td>", '<td class="ok">PASS</td>').replace(
@@ -183,22 +188,34 @@ def render_report(
         _residuals(evaluation),
         _bars(evaluation.importance, "Permutation importance (test)", f"drop in {spec.goal.primary.metric}"),
     ]
-    board_cols = ["candidate", "algorithm", spec.goal.primary.metric] + [
-        c for c in ("pr_auc", "f1", "rmse", "r2") if leaderboard and c in leaderboard[0] and c != spec.goal.primary.metric
+    candidates = [
+        {"algorithm": c.algorithm, f"CV {c.metric} mean": c.cv_mean, "± std": c.cv_std, "folds": c.cv_folds,
+         "rows": c.cv_rows, "parameters": _params(c.params), "selected": "✓" if c.selected else ""}
+        for c in evaluation.candidates
     ]
+    refit, held_out, sets_note = "", "", ""
+    if evaluation.fit_rows:
+        refit = f" It was then refit on {evaluation.fit_rows:,} rows (training and validation)."
+        held_out = ", predicted by the selected candidate fitted on the training rows only (the refit model has seen them)"
+        sets_note = "<p>Validation: the selected candidate fitted on the training rows only. Test and out-of-time: the refit model.</p>"
+    threshold = ""
+    if evaluation.threshold is not None:
+        threshold = (f"Decision threshold {evaluation.threshold:.3f}"
+                     + (f": the lowest expected cost on the validation rows{held_out}." if evaluation.threshold_costs else "."))
     lat = evaluation.latency
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(spec.name)}: evaluation</title>
 <style>{_CSS}</style></head><body>
 <h1>{html.escape(spec.name)}: evaluation report</h1>
 <p class="sub">{html.escape(spec.goal.description.strip())}</p>
 <div class="verdict {'pass' if passed else 'fail'}">{verdict}</div>
-<p>Selected model: <b>{html.escape(evaluation.algorithm)}</b>.
+<p>Selected model: <b>{html.escape(evaluation.algorithm)}</b> ({_params(evaluation.params)}).
+{html.escape(evaluation.selection)}{refit}
 Data version <code>{html.escape(data_version[:12])}</code>; rows:
 {", ".join(f"{k} {v:,}" for k, v in splits.items())}.
-{f"Decision threshold {evaluation.threshold:.3f}" + (" (lowest expected cost on validation)." if evaluation.threshold_costs else ".") if evaluation.threshold is not None else ""}</p>
+{threshold}</p>
 <h2>Gates</h2>{gate_html}
-<h2>Candidates (validation)</h2>{_table(leaderboard, board_cols)}
-<h2>Metrics</h2>{_table(metric_rows)}
+<h2>Candidates (cross-validation on the training rows)</h2>{_table(candidates)}
+<h2>Metrics</h2>{sets_note}{_table(metric_rows)}
 <h2>Plots</h2><div class="grid">{"".join(p for p in plots if p)}</div>
 <h2>Serving budget</h2>{_table([
     {"measure": "p50 latency, one row (ms)", "value": lat.p50_ms},

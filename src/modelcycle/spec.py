@@ -1,10 +1,10 @@
 """The project spec: one `modelcycle.yaml` says what the model is for and how to build it.
 
 The spec is the contract between the business and the pipeline. It names the task, the
-KPI thresholds a model must clear to be registered as a candidate, where the data comes
-from, which columns are features and how they are prepared, how data is split, which
-algorithms compete and with which search spaces, and the resource budget a model must
-fit into to be served.
+KPI thresholds a model must clear to be registered rather than rejected (each may say
+where its number came from), where the data comes from, which columns are features and
+how they are prepared, how data is split, which algorithms compete and with which search
+spaces, and the resource budget a model must fit into to be served.
 
 Every phase reads the spec and nothing else for its configuration, so a run is
 reproducible from the spec, the data version and the code version. `spec_hash` is the
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -54,6 +55,9 @@ class MetricThreshold(_Strict):
     metric: str
     min: float | None = None
     max: float | None = None
+    note: str | None = Field(
+        default=None, description="Where the threshold comes from; shown next to the gate's result, and with a rejection"
+    )
 
     @model_validator(mode="after")
     def _one_bound(self) -> MetricThreshold:
@@ -71,10 +75,31 @@ class Gate(BaseModel):
     threshold: float
     value: float | None
     passed: bool
+    source: str = ""
+    """Where the threshold came from: the spec's key, and the note the spec gives for it."""
 
     def describe(self) -> str:
         value = "n/a" if self.value is None else f"{self.value:.4g}"
-        return f"{'PASS' if self.passed else 'FAIL'} {self.name}: {self.metric} = {value} (needs {self.op} {self.threshold:g})"
+        source = f", set by {self.source}" if self.source else ""
+        return (f"{'PASS' if self.passed else 'FAIL'} {self.name}: {self.metric} = {value} "
+                f"(needs {self.op} {self.threshold:g}{source})")
+
+
+class CandidateScore(BaseModel):
+    """One competing candidate as the selection saw it: its best cross-validated score on the
+    training rows. Kept with the evaluation and the registered version, so that what won, and
+    against what, stays on record."""
+
+    algorithm: str
+    params: dict[str, Any]
+    metric: str
+    cv_mean: float
+    cv_std: float
+    """The standard deviation of the fold scores (not of their mean)."""
+    cv_folds: int
+    cv_rows: int
+    """Rows the cross-validation ran on: the training rows, or a sample of them."""
+    selected: bool = False
 
 
 class CostMatrix(_Strict):
@@ -167,7 +192,7 @@ class SplitSpec(_Strict):
     strategy: Literal["stratified", "random", "out_of_time"] = "stratified"
     test_size: Annotated[float, Field(gt=0, lt=0.5)] = 0.2
     validation_size: Annotated[float, Field(gt=0, lt=0.5)] = Field(
-        default=0.15, description="Share used to compare candidates and to choose the decision threshold"
+        default=0.15, description="Share used to choose the decision threshold; the selected model is then refit on it too"
     )
     out_of_time_size: Annotated[float, Field(ge=0, lt=0.5)] = Field(
         default=0.0, description="Latest share of rows by the time column, kept apart as the out-of-time set"
@@ -194,7 +219,8 @@ class TrainingSpec(_Strict):
     cv_folds: Annotated[int, Field(ge=2, le=20)] = 3
     search_iterations: PosInt = Field(default=8, description="Random-search draws per candidate")
     search_max_rows: PosInt = Field(
-        default=200_000, description="The search runs on a stratified sample of at most this many rows; the winner is refit on all"
+        default=200_000, description="The search runs on a stratified sample of at most this many rows; the selected "
+        "candidate is refit on every training and validation row"
     )
     n_jobs: int = Field(default=-1, description="Processes for the search; -1 uses every core")
 
@@ -204,6 +230,47 @@ class BudgetSpec(_Strict):
         default=None, description="Largest p95 predict latency for one row, in milliseconds"
     )
     max_artifact_mb: Annotated[float, Field(gt=0)] | None = None
+
+
+StatTestName = Literal["ks", "chisquare", "z", "wasserstein", "jensenshannon", "psi"]
+"""The drift tests of `modelcycle.monitoring.stattests`, by name."""
+NUMERIC_ONLY_STATTESTS = frozenset({"ks", "wasserstein"})
+"""Tests that need an ordered scale; the others also take a numeric column with few values."""
+
+
+class ColumnMonitoring(_Strict):
+    """How one column's drift is judged; a key left out uses the default for the column."""
+
+    stattest: StatTestName | None = Field(
+        default=None, description="The drift test; by default chosen from the column's type, distinct values and "
+        "sample size, as Evidently does")
+    threshold: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="Significance level for a p-value test (ks, chisquare, z), distance for the others")
+    min_effect: Annotated[float, Field(ge=0)] | None = Field(
+        default=None, description="Smallest distance (normed Wasserstein, or Jensen-Shannon) a p-value test's drift "
+        "must also show; 0 turns the effect-size rule off")
+
+
+class MonitoringSpec(_Strict):
+    """What counts as drift on live traffic, and over which window."""
+
+    drift_share: Annotated[float, Field(gt=0, le=1)] = Field(
+        default=0.5, description="Share of input columns that must drift for the data set to count as drifted")
+    correction: Literal["fdr", "bonferroni", "none"] = Field(
+        default="fdr", description="Multiple-testing correction of the p-value tests across columns: Benjamini-"
+        "Hochberg (fdr), Bonferroni, or none")
+    window: Annotated[str, Field(pattern=r"^([0-9]+(\.[0-9]+)?(s|m|h|d))+$")] = Field(
+        default="24h", description="Span of recent traffic compared with the reference, such as 1h, 24h or 7d")
+    confidence: Annotated[float, Field(ge=0.5, lt=1)] = Field(
+        default=0.95, description="Confidence level of the live metric's interval")
+    columns: dict[str, ColumnMonitoring] = Field(default={}, description="Per input column: test and thresholds")
+    prediction: ColumnMonitoring = Field(
+        default=ColumnMonitoring(), description="Test and thresholds for the prediction-score distribution")
+
+    @property
+    def window_seconds(self) -> float:
+        units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+        return sum(float(n) * units[u] for n, _, u in re.findall(r"([0-9]+(\.[0-9]+)?)(s|m|h|d)", self.window))
 
 
 class ProjectSpec(_Strict):
@@ -217,6 +284,7 @@ class ProjectSpec(_Strict):
     split: SplitSpec = SplitSpec()
     training: TrainingSpec
     budget: BudgetSpec = BudgetSpec()
+    monitoring: MonitoringSpec = MonitoringSpec()
 
     #: The folder relative data paths are read from: the spec file's folder.
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
@@ -255,9 +323,23 @@ class ProjectSpec(_Strict):
                 problems.append(f"training.candidates[{i}].algorithm: logistic_regression cannot do regression")
             if self.task != "regression" and c.algorithm in regression_only:
                 problems.append(f"training.candidates[{i}].algorithm: {c.algorithm} cannot do {self.task}")
+        problems += self._monitoring_problems()
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+    def _monitoring_problems(self) -> list[str]:
+        categorical = {f.name for f in self.features.categorical}
+        numeric = {f.name for f in self.features.numeric}
+        problems = []
+        for name, column in self.monitoring.columns.items():
+            where = f"monitoring.columns.{name}"
+            if name not in categorical | numeric:
+                problems.append(f"{where}: expected a numeric or categorical input column "
+                                f"({', '.join(sorted(categorical | numeric))}), found {name!r}")
+            elif name in categorical and column.stattest in NUMERIC_ONLY_STATTESTS:
+                problems.append(f"{where}.stattest: {column.stattest} needs a numeric column, {name!r} is categorical")
+        return problems
 
     @property
     def is_classification(self) -> bool:

@@ -1,16 +1,20 @@
 """Training: candidate algorithms compete, each with its own hyperparameter search.
 
 Splits are made once from the spec: an out-of-time set (the latest rows by the time
-column), a held-out test set, a validation set (to compare candidates and choose the
-decision threshold) and the training set. Only the training set is ever fitted on.
+column), a held-out test set, a validation set (to choose the decision threshold) and the
+training set.
 
 Each candidate is a scikit-learn Pipeline (the feature pipeline, then the estimator),
 searched with `RandomizedSearchCV` over the spec's search space with k-fold
-cross-validation. Why scikit-learn's search and not Optuna: the search spaces here are
-small (a handful of parameters, a few draws), random search is embarrassingly parallel
-over the 2 cores and over Kubeflow pods, it needs no study storage to be reproducible,
-and it adds no dependency. The search runs on a sample of at most `search_max_rows` rows;
-the winner is refit on the whole training set.
+cross-validation on the training set. Why scikit-learn's search and not Optuna: the search
+spaces here are small (a handful of parameters, a few draws), random search is
+embarrassingly parallel over the 2 cores and over Kubeflow pods, it needs no study storage
+to be reproducible, and it adds no dependency. The search runs on a sample of at most
+`search_max_rows` rows; every candidate draws the same sample and the same folds (both
+follow the spec's seed), so their CV scores are comparable, and the candidates
+are ranked on them (`evaluation.select_candidate`). Each candidate's best parameters are
+refit on the whole training set; the selected one is refit once more, on training and
+validation rows together (`refit`), before it is tested.
 
 Every candidate's search is a tracked run (`CandidateRun`): the parameters, the CV
 scores, the fit time and the artifact's path and sha256.
@@ -48,6 +52,11 @@ class Splits:
     validation: pd.DataFrame
     test: pd.DataFrame
     out_of_time: pd.DataFrame | None
+
+    @property
+    def development(self) -> pd.DataFrame:
+        """Every row that is neither test nor out-of-time: what the selected model is refit on."""
+        return pd.concat([self.train, self.validation])
 
     def sizes(self) -> dict[str, int]:
         return {
@@ -94,6 +103,8 @@ _ESTIMATORS: dict[tuple[str, bool], type[BaseEstimator]] = {
     ("hist_gradient_boosting", True): HistGradientBoostingClassifier,
     ("hist_gradient_boosting", False): HistGradientBoostingRegressor,
 }
+LINEAR_ALGORITHMS = frozenset({"logistic_regression", "linear_regression", "ridge"})
+"""The simplest candidates: preferred when they score within noise of a tree ensemble."""
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "logistic_regression": {"max_iter": 2000},
     "random_forest": {"n_estimators": 200, "n_jobs": 1},
@@ -153,6 +164,20 @@ def search_scoring(spec: ProjectSpec) -> str:
     return SEARCH_SCORING[metric]
 
 
+def score_sign(scoring: str) -> float:
+    """-1 for scikit-learn's negated scorers (`neg_...`): multiply to get the metric back."""
+    return -1.0 if scoring.startswith("neg_") else 1.0
+
+
+def cv_splitter(spec: ProjectSpec, folds: int | None = None) -> KFold | StratifiedKFold:
+    """The spec's cross-validation folds, shuffled with its seed: the same for every candidate."""
+    folds = spec.training.cv_folds if folds is None else folds
+    seed = spec.split.seed
+    if spec.is_classification:
+        return StratifiedKFold(folds, shuffle=True, random_state=seed)
+    return KFold(folds, shuffle=True, random_state=seed)
+
+
 class TrainedModel:
     """A fitted Pipeline with what serving needs to answer: classes and the decision threshold."""
 
@@ -199,6 +224,7 @@ class CandidateRun(BaseModel):
     cv_metric: str
     cv_mean: float
     cv_std: float
+    cv_folds: int
     cv_results: list[dict[str, Any]]
     search_rows: int
     train_rows: int
@@ -209,7 +235,8 @@ class CandidateRun(BaseModel):
     size_bytes: int
 
 
-def _sample(frame: pd.DataFrame, spec: ProjectSpec, n: int) -> pd.DataFrame:
+def sample_rows(frame: pd.DataFrame, spec: ProjectSpec, n: int) -> pd.DataFrame:
+    """At most `n` rows of `frame`, stratified by the target for classification, with the spec's seed."""
     if len(frame) <= n:
         return frame
     stratify = frame[spec.data.target] if spec.is_classification else None
@@ -223,22 +250,32 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _pipeline(spec: ProjectSpec, algorithm: str, params: dict[str, Any]) -> Pipeline:
+    return Pipeline([
+        ("features", build_preprocessor(spec)),
+        ("model", make_estimator(algorithm, classification=spec.is_classification, params=params, seed=spec.split.seed)),
+    ])
+
+
+def _trained(spec: ProjectSpec, pipeline: Pipeline, algorithm: str, params: dict[str, Any]) -> TrainedModel:
+    return TrainedModel(
+        pipeline=pipeline, task=spec.task, target=spec.data.target,
+        classes=[_jsonable(c) for c in pipeline.classes_] if spec.is_classification else None,
+        input_columns=spec.features.input_columns, algorithm=algorithm, params=params,
+    )
+
+
 def train_candidate(spec: ProjectSpec, candidate: Candidate, train: pd.DataFrame, *, artifact_path: str,
                     n_jobs: int | None = None) -> tuple[TrainedModel, CandidateRun]:
     """Search `candidate`'s space with CV on (a sample of) `train`, refit the winner on all of it.
     `n_jobs` overrides the spec's when the caller knows how many searches share the machine."""
     n_jobs = spec.training.n_jobs if n_jobs is None else n_jobs
     target = spec.data.target
-    classification = spec.is_classification
     seed = spec.split.seed
-    pipeline = Pipeline([
-        ("features", build_preprocessor(spec)),
-        ("model", make_estimator(candidate.algorithm, classification=classification, params=candidate.params, seed=seed)),
-    ])
+    pipeline = _pipeline(spec, candidate.algorithm, candidate.params)
     space = distributions(candidate)
-    sample = _sample(train, spec, spec.training.search_max_rows)
-    folds = spec.training.cv_folds
-    cv = StratifiedKFold(folds, shuffle=True, random_state=seed) if classification else KFold(folds, shuffle=True, random_state=seed)
+    sample = sample_rows(train, spec, spec.training.search_max_rows)
+    cv = cv_splitter(spec)
     scoring = search_scoring(spec)
     started = time.perf_counter()
     if space:
@@ -262,19 +299,16 @@ def train_candidate(spec: ProjectSpec, candidate: Candidate, train: pd.DataFrame
     final.fit(train, train[target])
     fit_seconds = time.perf_counter() - started
 
-    model = TrainedModel(
-        pipeline=final, task=spec.task, target=target,
-        classes=[_jsonable(c) for c in final.classes_] if classification else None,
-        input_columns=spec.features.input_columns, algorithm=candidate.algorithm, params=params,
-    )
+    model = _trained(spec, final, candidate.algorithm, params)
     sha, size = artifacts.save(model, artifact_path)
-    sign = -1.0 if scoring.startswith("neg_") else 1.0
+    sign = score_sign(scoring)
     run = CandidateRun(
         algorithm=candidate.algorithm,
         params=params,
         cv_metric=spec.goal.primary.metric,
         cv_mean=float(sign * results["mean_test_score"][best]),
         cv_std=float(results["std_test_score"][best]),
+        cv_folds=cv.get_n_splits(),
         cv_results=[
             {"params": {k.removeprefix("model__"): _jsonable(v) for k, v in p.items()},
              "mean": float(sign * m), "std": float(s)}
@@ -289,3 +323,10 @@ def train_candidate(spec: ProjectSpec, candidate: Candidate, train: pd.DataFrame
         size_bytes=size,
     )
     return model, run
+
+
+def refit(spec: ProjectSpec, run: CandidateRun, frame: pd.DataFrame) -> TrainedModel:
+    """`run`'s algorithm with the parameters its search chose, fitted afresh on `frame`."""
+    pipeline = _pipeline(spec, run.algorithm, run.params)
+    pipeline.fit(frame, frame[spec.data.target])
+    return _trained(spec, pipeline, run.algorithm, run.params)

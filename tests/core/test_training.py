@@ -5,7 +5,7 @@ import pytest
 
 from modelcycle import artifacts
 from modelcycle.spec import parse_spec
-from modelcycle.training import distributions, split_data, train_candidate
+from modelcycle.training import distributions, refit, split_data, train_candidate
 from fraud_example import regression_spec_dict, small_spec_dict
 
 
@@ -29,13 +29,29 @@ def test_candidate_search_is_tracked(tmp_path, fraud_frame, spec, algorithm):
     assert run.algorithm == algorithm
     assert len(run.cv_results) == spec.training.search_iterations
     assert set(candidate.search_space) <= set(run.params)
-    assert 0.5 < run.cv_mean <= 1.0 and run.cv_std >= 0
+    assert 0.5 < run.cv_mean <= 1.0 and run.cv_std >= 0 and run.cv_folds == spec.training.cv_folds
     assert run.train_rows == len(splits.train) and run.fit_seconds > 0
     loaded = artifacts.load(run.artifact, sha256=run.sha256)
     pd.testing.assert_series_equal(
         pd.Series(loaded.predict_proba(splits.test)[:, 1]), pd.Series(model.predict_proba(splits.test)[:, 1])
     )
     assert set(model.predict(splits.test.head(20))) <= {0, 1}
+
+
+def test_refit_on_the_development_rows_uses_the_chosen_parameters(tmp_path, fraud_frame, spec):
+    splits = split_data(fraud_frame, spec)
+    development = splits.development
+    assert len(development) == len(splits.train) + len(splits.validation)
+    assert not set(development.transaction_id) & (set(splits.test.transaction_id) | set(splits.out_of_time.transaction_id))
+    (candidate,) = [c for c in spec.training.candidates if c.algorithm == "random_forest"]
+    trained, run = train_candidate(spec, candidate, splits.train, artifact_path=str(tmp_path / "m.joblib"))
+    model = refit(spec, run, development)
+    assert (model.algorithm, model.params, model.classes) == (trained.algorithm, trained.params, trained.classes)
+    forest = model.pipeline.named_steps["model"]
+    assert {k: forest.get_params()[k] for k in run.params} == run.params
+    # Each tree's root holds its bootstrap sample, as many draws as there were rows to fit on.
+    assert forest.estimators_[0].tree_.weighted_n_node_samples[0] == len(development)
+    assert trained.pipeline.named_steps["model"].estimators_[0].tree_.weighted_n_node_samples[0] == len(splits.train)
 
 
 def test_search_space_forms():

@@ -75,9 +75,9 @@ def test_gates_may_be_any_object_with_the_gate_fields(registry, register):
     assert registry.get("fraud").gates[0].metric == "p95_ms_per_row"
 
 
-def test_a_candidate_that_failed_a_gate_is_refused_and_nothing_is_written(registry, register):
+def test_a_model_that_failed_a_gate_cannot_be_registered_and_nothing_is_written(registry, register):
     with pytest.raises(RegistryError, match=r"failed gates test\.roc_auc.*'rejected'"):
-        register(status="candidate", gates=REJECTED["gates"])
+        register(status="registered", gates=REJECTED["gates"])
     assert registry.models() == []
     assert register(**REJECTED).status == "rejected"
 

@@ -16,7 +16,7 @@ from modelcycle.artifacts import ArtifactIntegrityError
 from modelcycle.registry import Registry
 from modelcycle.serving.cli import serving_commands
 from modelcycle.serving.local import ServingError, serve_bento, stop_process, wait_ready
-from modelcycle.serving.packaging import package
+from modelcycle.serving.packaging import build_wheel, package
 
 
 def test_the_bento_holds_the_model_a_wheel_and_its_dockerfile(served, bento):
@@ -43,6 +43,28 @@ def test_packaging_again_changes_nothing(served, bento):
     again = package(served.registry, "fraud@champion", workdir=served.workdir)
     assert (again.tag, again.built) == (bento.tag, False)
     assert served.registry.get("fraud", 1).annotations["bento"] == bento.tag
+
+
+def test_a_given_wheel_makes_a_bento_of_its_own_once(tmp_path, served, bento):
+    """With ``--wheel`` the bento holds that wheel and is known by its sha256: packaging with
+    it again finds the bento without building anything."""
+    shutil.copytree(served.registry.uri, tmp_path / "registry")
+    registry = Registry(tmp_path / "registry")
+    wheel = build_wheel(tmp_path / "dist")
+    first = package(registry, "fraud@1", workdir=tmp_path, wheel=wheel)
+    assert first.built and first.tag != bento.tag and first.tag.startswith("fraud:1-")
+    (inside,) = (Path(first.path) / "env" / "python" / "wheels").iterdir()
+    assert inside.read_bytes() == wheel.read_bytes()
+    again = package(registry, "fraud@1", workdir=tmp_path, wheel=wheel)
+    assert (again.tag, again.built) == (first.tag, False)
+    assert registry.get("fraud", 1).annotations["bento"] == first.tag
+
+
+def test_the_wheel_is_built_the_same_each_time(tmp_path):
+    """The bento of a checkout is known by a digest of its sources, which holds only because
+    hatchling's wheels are reproducible: the same code gives the same bytes."""
+    one, two = build_wheel(tmp_path / "one"), build_wheel(tmp_path / "two")
+    assert one.name == "modelcycle-0.1.0-py3-none-any.whl" and one.read_bytes() == two.read_bytes()
 
 
 def _tamper(path: Path) -> None:

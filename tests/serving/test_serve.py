@@ -14,6 +14,7 @@ import time
 import httpx
 import pytest
 import typer
+from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
 from modelcycle.monitoring.predictions import read_prediction_log
@@ -58,6 +59,17 @@ def _niceness_of_listeners(port: int) -> set[int]:
     return nice
 
 
+def _predict_counts(url: str) -> dict[str, float]:
+    """A model server's count of /predict answers by status (those it gave), from its /metrics."""
+    counts = {}
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=10).text):
+        if family.name == "bentoml_service_request":
+            for sample in family.samples:
+                if sample.name.endswith("_total") and sample.labels["endpoint"] == "/predict" and sample.value:
+                    counts[sample.labels["http_response_code"]] = sample.value
+    return counts
+
+
 def _listening(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
@@ -88,6 +100,11 @@ def test_serve_with_a_shadow_then_stop(tmp_path, served, bento, in_process):
                 assert body["predictions"] == in_process(1, records)[0]
             bad = http.post("/predict", json={**served.records[0], "channel": "fax"})
             assert bad.status_code == 422 and bad.json()["field"] == "channel"
+        # Each server's metrics are its own: production's count one request sent to it alone,
+        # and never the shadow's mirrored ones.
+        production_url = f"http://127.0.0.1:{servers['production']}"
+        assert httpx.post(f"{production_url}/predict", json=served.records[0], timeout=30).status_code == 200
+        assert _predict_counts(production_url) == {"200": len(ids) + 1, "422": 1}
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=90) == 0, log.read_text()[-3000:]
     finally:

@@ -36,18 +36,18 @@ def plan(spec_yaml: str) -> List[int]:
 
 @component
 def ingest(spec_yaml: str, base_dir: str, store_uri: str, data: Output[Dataset]) -> str:
-    """Snapshot the spec's data source into the data store; the Dataset is the snapshot."""
-    import shutil
-    from pathlib import Path
-
+    """Snapshot the spec's data source into the data store; the Dataset is the snapshot.
+    `base_dir` is where relative paths in the spec start; empty for the task's folder."""
     from modelcycle.data import DataStore
     from modelcycle.lifecycle import ingest_phase
     from modelcycle.spec import spec_from_text
 
-    spec = spec_from_text(spec_yaml, base_dir=base_dir)
-    version = ingest_phase(spec, store=DataStore(store_uri))
-    shutil.copyfile(Path(version.path) / "data.parquet", data.path)
-    data.metadata.update({"version": version.id, "rows": version.rows, "sha256": version.sha256, "source": version.source})
+    spec = spec_from_text(spec_yaml, base_dir=base_dir or None)
+    store = DataStore(store_uri)
+    version = ingest_phase(spec, store=store)
+    store.fetch(version.id, data.path)
+    data.metadata.update({"version": version.id, "rows": version.rows, "sha256": version.sha256, "source": version.source,
+                          "uri": version.path})
     print(f"data version {version.short_id}: {version.rows:,} rows from {version.source}")
     return version.id
 
@@ -59,7 +59,7 @@ def validate(spec_yaml: str, base_dir: str, store_uri: str, data_version: str, s
     from modelcycle.lifecycle import validate_phase
     from modelcycle.spec import spec_from_text
 
-    spec = spec_from_text(spec_yaml, base_dir=base_dir)
+    spec = spec_from_text(spec_yaml, base_dir=base_dir or None)
     store = DataStore(store_uri)
     inferred, report = validate_phase(spec, store.get(data_version), store=store)
     with open(schema.path, "w") as fh:
@@ -104,7 +104,8 @@ def evaluate(
     classification: Output[ClassificationMetrics],
     report: Output[HTML],
 ):
-    """Rank the candidates on validation, evaluate the winner, apply the gates, write the report."""
+    """Select a candidate on its cross-validation scores, refit it on training and validation rows,
+    evaluate it, apply the gates, write the report."""
     import pandas as pd
 
     from modelcycle.lifecycle import evaluate_phase, report_html
@@ -135,6 +136,7 @@ def evaluate(
         classification.log_confusion_matrix(test.labels, test.confusion_matrix)
     with open(report.path, "w") as fh:
         fh.write(report_html(spec, selection, data_version=data.metadata["version"]))
+    print(ev.selection)
     for gate in ev.gates:
         print(gate.describe())
 
@@ -147,8 +149,10 @@ def register(
     schema: Input[Artifact],
     best_model: Input[Model],
     evaluation: Input[Artifact],
+    report: Input[HTML],
+    run_id: str,
 ) -> str:
-    """Register the selected model with its lineage; returns `name@version`."""
+    """Register the selected model with its lineage (down to the run and its report); returns `name@version`."""
     from modelcycle import artifacts
     from modelcycle.evaluation import Evaluation
     from modelcycle.lifecycle import register_phase
@@ -163,7 +167,9 @@ def register(
     with open(schema.path) as fh:
         data_schema = DataSchema.model_validate_json(fh.read())
     version = register_phase(spec, registry=Registry(registry_uri), model=model, evaluation=ev,
-                             data_version=data.metadata["version"], schema=data_schema)
+                             data_version=data.metadata["version"], data_uri=data.metadata.get("uri"),
+                             schema=data_schema, run_id=run_id,
+                             report=report.uri)
     print(f"registered {version.name}@{version.version} as {version.status}, aliases {version.aliases}")
     return f"{version.name}@{version.version}"
 

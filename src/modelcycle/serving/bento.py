@@ -8,11 +8,17 @@ that sha256, and only then unpickles it; a worker that refuses never becomes rea
 Routes (BentoML adds ``/livez``, ``/healthz``, ``/readyz`` and ``/metrics``):
 
 - ``POST /predict``: ``{"records": [...]}`` or one record; answers at once with
-  ``{"model", "model_version", "request_id", "predictions", "probabilities"}``.
+  ``{"model", "model_version", "request_id", "predictions", "probabilities", "warnings"}``,
+  the last three with one item per record.
 - ``POST /predict_batch``: ``{"records": [...]}``; requests that arrive together are merged
   by BentoML's adaptive batching into one model call. Answers one ``{"prediction",
-  "probabilities"}`` per record (BentoML hands each request its own slice of the batch's
-  output, a list); the request id and model version are in the headers.
+  "probabilities", "warnings"}`` per record (BentoML hands each request its own slice of the
+  batch's output, a list); the request id and model version are in the headers.
+
+A record's ``warnings`` list what was unusual about it but not wrong, each ``{"field",
+"reason"}``: a null in a nullable field, a category training never saw, a number outside the
+range training saw (`modelcycle.serving.requests.WARNING_REASONS`). The serving contract as
+a whole, with examples, is `modelcycle.serving.contract`.
 
 Both handlers are coroutines: the model call holds the event loop for its few milliseconds,
 and requests that arrive meanwhile wait in the socket, which is what lets the batcher merge
@@ -23,11 +29,14 @@ from ``X-Request-ID`` (or makes a uuid4 hex), echoes it on every response with `
 and ``X-Model-Version``, and checks the body of a predict call against the model's data
 schema (`RecordChecker`). A bad body is answered there with ``{"error", "field",
 "request_id"}`` and a 4xx, before batching, so one bad request never fails the requests
-batched with it. The handlers receive checked records.
+batched with it. The handlers receive checked records. The middleware also counts the
+warnings of the records it let through.
 
 Metrics: BentoML's own ``bentoml_service_request_total`` (by endpoint and status) and
-``bentoml_service_request_duration_seconds`` (histogram), the adaptive batch size, and
-``modelcycle_model_info`` with the model, version and sha256.
+``bentoml_service_request_duration_seconds`` (histogram), the adaptive batch size,
+``modelcycle_model_info`` with the model, version and sha256, and
+``modelcycle_request_warnings_total`` by field and reason (every label set the schema allows
+is there from the start, at zero).
 """
 
 from __future__ import annotations
@@ -45,7 +54,7 @@ from pydantic import BaseModel
 from starlette.responses import Response
 
 from modelcycle import artifacts
-from modelcycle.serving.requests import InvalidRequest, RecordChecker, parse_records
+from modelcycle.serving.requests import InvalidRequest, RecordChecker, RecordWarning, parse_records
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +89,8 @@ class Answer(BaseModel):
     predictions: list[Any]
     probabilities: list[dict[str, float]] | None
     """Per record, class -> probability; null for regression."""
+    warnings: list[list[RecordWarning]]
+    """Per record, what was unusual about it (field and reason); empty when nothing was."""
 
 
 class ModelService:
@@ -101,11 +112,16 @@ class ModelService:
         self.classes = [str(c) for c in self.model.classes] if self.model.classes is not None else None
         self.raw_headers = [(b"x-model", self.name.encode()), (b"x-model-version", self.version.encode())]
 
-        from prometheus_client import Gauge  # only now: BentoML sets up multiprocess metrics before this
+        from prometheus_client import Counter, Gauge  # only now: BentoML sets up multiprocess metrics before this
 
         Gauge("modelcycle_model_info", "The model version this server answers with.",
               ["model", "version", "sha256"], multiprocess_mode="max",
               ).labels(self.name, self.version, self.model_sha256).set(1)
+        counter = Counter("modelcycle_request_warnings", "Warnings about the fields of records let through to "
+                          "the model (null, unseen category, outside the observed range), by field and reason.",
+                          ["field", "reason"])
+        self.warning_counts = {(w["field"], w["reason"]): counter.labels(w["field"], w["reason"])
+                               for w in self.checker.possible_warnings}
         logger.info("serving model %s version %s (sha256 %s)", self.name, self.version, self.model_sha256)
 
     @bentoml.api(route="/predict", output_spec=Answer)
@@ -113,15 +129,14 @@ class ModelService:
         """Predict records now, in one model call: ``{"records": [...]}`` or one record."""
         state = ctx.request.state
         predictions, probabilities = self._predict(state.records)
-        return self._answer(state.request_id, predictions, probabilities)
+        return self._answer(state.request_id, predictions, probabilities, state.warnings)
 
     @bentoml.api(route="/predict_batch", batchable=True, **BATCHING)
     async def predict_batch(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Predict records, batched with other requests' records by adaptive batching."""
         predictions, probabilities = self._predict(records)
-        if probabilities is None:
-            return [{"prediction": p, "probabilities": None} for p in predictions]
-        return [{"prediction": p, "probabilities": q} for p, q in zip(predictions, probabilities)]
+        return [{"prediction": p, "probabilities": q, "warnings": w} for p, q, w in
+                zip(predictions, probabilities or [None] * len(predictions), self.checker.warnings(records))]
 
     def _predict(self, records: list[dict[str, Any]]) -> tuple[list[Any], list[dict[str, float]] | None]:
         frame = self.checker.frame(records)
@@ -131,10 +146,17 @@ class ModelService:
         predictions = self.model.decide(proba).tolist()
         return predictions, [dict(zip(self.classes, row)) for row in proba.tolist()]
 
-    def _answer(self, request_id: str, predictions: list[Any], probabilities: list[dict[str, float]] | None) -> Response:
+    def _answer(self, request_id: str, predictions: list[Any], probabilities: list[dict[str, float]] | None,
+                warnings: list[list[RecordWarning]]) -> Response:
         body = {"model": self.name, "model_version": self.version, "request_id": request_id,
-                "predictions": predictions, "probabilities": probabilities}
+                "predictions": predictions, "probabilities": probabilities, "warnings": warnings}
         return Response(json.dumps(body), media_type="application/json")
+
+    def count_warnings(self, warnings: list[list[RecordWarning]]) -> None:
+        """Count the warnings of records let through to the model."""
+        for found in warnings:
+            for warning in found:
+                self.warning_counts[warning["field"], warning["reason"]].inc()
 
 
 def load_verified(path: Path, *, sha256: str, what: str) -> Any:
@@ -174,11 +196,13 @@ class RequestEdge:
             try:
                 body = await _read_body(receive)
                 records = parse_records(body, bare=scope["path"] == "/predict")
-                service.checker.check(records)
+                warnings = service.checker.check(records)
             except InvalidRequest as exc:
                 await _reply(send_with_headers, exc.status, exc.body(request_id))
                 return
+            service.count_warnings(warnings)
             scope["state"]["records"] = records
+            scope["state"]["warnings"] = warnings
             receive = _replay(body)
         await self.app(scope, receive, send_with_headers)
 

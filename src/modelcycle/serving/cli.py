@@ -57,9 +57,12 @@ def serving_commands(app: typer.Typer) -> None:
             help="The prediction log (default: WORKDIR/predictions/NAME/vP[-shadow-vS], one per pairing).")] = None,
         workdir: WorkdirOpt = DEFAULT_WORKDIR,
         registry: RegistryOpt = None,
+        wheel: Annotated[Optional[Path], typer.Option(
+            help="The modelcycle wheel the bentos were packaged with (default: this checkout's code).")] = None,
     ) -> None:
-        """Serve a model locally: production and an optional shadow, each from its bento, behind
-        the gateway, which mirrors traffic to the shadow and logs both answers. Ctrl-C stops all."""
+        """Serve a model locally: production and an optional shadow, each from its bento (packaged
+        first if the store does not have it), behind the gateway, which mirrors traffic to the
+        shadow and logs both answers. Ctrl-C stops all."""
         from modelcycle.artifacts import ArtifactIntegrityError
         from modelcycle.registry import RegistryError
         from modelcycle.serving.local import LocalServing, ServingError
@@ -67,7 +70,7 @@ def serving_commands(app: typer.Typer) -> None:
 
         serving = LocalServing(registry=_registry(registry, workdir), workdir=Path(workdir), model=model,
                                shadow=shadow, mirror_percent=mirror_percent, port=port, host=host, log_dir=log_dir,
-                               say=lambda text: console.print(text, highlight=False, soft_wrap=True))
+                               wheel=wheel, say=lambda text: console.print(text, highlight=False, soft_wrap=True))
         try:
             serving.run_until_signal()
         except (KeyError, ValueError) as exc:

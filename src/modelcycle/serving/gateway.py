@@ -18,7 +18,9 @@ second entry when it arrives. ``POST /feedback`` adds the true label of a reques
 `compare_shadow` over the log, recomputed at most every `comparison_ttl_s` seconds, in a
 worker process of its own (`compare_followed_log`): it parses only what was appended since
 its last look, and its pandas and statistics never hold this process's GIL while requests
-wait.
+wait. ``GET /docs`` (and ``/docs.json``) is the serving contract (`modelcycle.serving.contract`):
+every route with an example request and answer, and what a record's warnings mean. Production's
+answers, warnings included, reach the client unchanged.
 
 On SIGTERM the gateway stops accepting connections, lets in-flight requests finish, gives
 queued and in-flight mirrors up to `drain_timeout_s` to complete, logs the ones left over
@@ -63,6 +65,7 @@ from modelcycle.monitoring.predictions import (
     UpstreamAnswer,
 )
 from modelcycle.monitoring.shadow import ShadowComparison, ShadowPolicy, compare_followed_log
+from modelcycle.serving.contract import contract_document, render_html
 from modelcycle.serving.upstream import Upstream, UpstreamError
 
 __all__ = ["GATEWAY", "Gateway", "GatewayConfig", "create_app", "in_mirror_sample", "main"]
@@ -450,6 +453,9 @@ class Gateway:
 
 GATEWAY = web.AppKey("gateway", Gateway)
 """The `Gateway` behind an application made by `create_app`."""
+DOCS_HTML = render_html()
+DOCS_JSON = json.dumps(contract_document(), indent=2)
+"""The serving contract, as ``GET /docs`` and ``GET /docs.json`` serve it."""
 
 
 def create_app(config: GatewayConfig) -> web.Application:
@@ -465,7 +471,17 @@ def create_app(config: GatewayConfig) -> web.Application:
     app.router.add_get("/readyz", gateway.readyz)
     app.router.add_get("/metrics", gateway.metrics_page)
     app.router.add_get("/shadow/comparison", gateway.shadow_comparison)
+    app.router.add_get("/docs", docs_page)
+    app.router.add_get("/docs.json", docs_document)
     return app
+
+
+async def docs_page(request: web.Request) -> web.StreamResponse:
+    return web.Response(text=DOCS_HTML, content_type="text/html")
+
+
+async def docs_document(request: web.Request) -> web.StreamResponse:
+    return web.Response(text=DOCS_JSON, content_type="application/json")
 
 
 class InvalidFeedback(ValueError):

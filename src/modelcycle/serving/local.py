@@ -2,16 +2,23 @@
 
 This is what `modelcycle serve` runs, the embedded default for serving, and the same shape
 as a deployment on Kubernetes: each model version is served from its bento by ``bentoml
-serve`` (packaged first if it was not), and the gateway (`modelcycle.serving.gateway`) sits
-in front, forwarding to production and mirroring a share of the traffic to the shadow.
+serve``, and the gateway (`modelcycle.serving.gateway`) sits in front, forwarding to
+production and mirroring a share of the traffic to the shadow.
 
 Every process starts in a session of its own, so stopping it stops its children too. The
 shadow runs at a lower CPU priority (nice `SHADOW_NICENESS`): the shadow must never slow
 production down, and on a machine with fewer free cores than busy processes the two would
 otherwise share them. Production then keeps the CPU, and a shadow that falls behind shows
 up in the gateway's counts as timed-out or dropped mirrors. (On Kubernetes each version has
-a pod and CPU of its own.) The model servers listen on free ports; only the gateway takes the port asked for. All bind
-127.0.0.1 unless told otherwise.
+a pod and CPU of its own.) The model servers listen on free ports; only the gateway takes
+the port asked for. All bind 127.0.0.1 unless told otherwise.
+
+Each version's bento is looked up first and built only when the store does not have it
+(`modelcycle.serving.packaging.package`): a version packaged with the same code, or with the
+same ``--wheel``, starts from the bento already built, without building a wheel. Each model
+server runs with a BentoML home of its own under ``WORKDIR/serve/ROLE``, linked to the
+workdir's stores (`server_home`), so that its metrics are its own.
+
 Start-up waits for each server's ``/readyz`` and fails with the end of its log if one exits
 or is not ready in time (a bento whose artifact fails its sha256 check never gets ready).
 Shutdown runs in reverse: the gateway first, with SIGTERM, so that it drains its mirrors and
@@ -34,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelcycle.registry import ModelNotFound, ModelVersion, Registry, parse_model_ref
-from modelcycle.serving.packaging import PackagedBento, bentoml_env, package
+from modelcycle.serving.packaging import BENTOML_DIR, PackagedBento, bentoml_env, bentoml_home, package
 
 READY_TIMEOUT_S = 120.0
 """How long a server may take to answer /readyz; a bento imports pandas, scikit-learn and
@@ -137,6 +144,22 @@ def stop_process(server: ServerProcess, *, timeout_s: float = STOP_TIMEOUT_S) ->
         return None
 
 
+def server_home(workdir: Path, *, role: str) -> Path:
+    """The BentoML home of one server: the workdir's stores, linked, and a metrics folder of its own.
+
+    BentoML keeps a server's Prometheus files in ``BENTOML_HOME/prometheus_multiproc_dir`` and
+    empties that folder when a server starts, so servers sharing a home would wipe, then sum,
+    each other's metrics: production's ``/metrics`` would count the shadow's requests too."""
+    store = bentoml_home(workdir)
+    home = Path(workdir).resolve() / "serve" / role / BENTOML_DIR
+    home.mkdir(parents=True, exist_ok=True)
+    for name in ("bentos", "models"):
+        link = home / name
+        if not link.is_symlink():
+            link.symlink_to(os.path.relpath(store / name, home), target_is_directory=True)
+    return home
+
+
 def serve_bento(bento: PackagedBento, *, role: str, workdir: Path, port: int | None = None,
                 host: str = "127.0.0.1", niceness: int | None = None) -> ServerProcess:
     """Start ``bentoml serve`` on a packaged bento (it is not ready yet; see `wait_ready`).
@@ -145,8 +168,9 @@ def serve_bento(bento: PackagedBento, *, role: str, workdir: Path, port: int | N
     if niceness is None:
         niceness = SHADOW_NICENESS if role == "shadow" else 0
     command = [sys.executable, "-m", "bentoml", "serve", bento.tag, "--host", host, "--port", str(port)]
+    env = {**bentoml_env(workdir), "BENTOML_HOME": str(server_home(workdir, role=role))}
     server = start_process(role, command, url=f"http://{host}:{port}", log=workdir / "serve" / f"{role}.log",
-                           env=bentoml_env(workdir), cwd=workdir, niceness=niceness)
+                           env=env, cwd=workdir, niceness=niceness)
     server.failed_when = BENTOML_STARTUP_FAILED
     return server
 
@@ -175,6 +199,8 @@ class LocalServing:
     """Where the gateway writes the prediction log [default: WORKDIR/predictions/NAME/vP, or
     .../vP-shadow-vS with a shadow: one log per pairing, so that a comparison never mixes
     the answers of two shadows]."""
+    wheel: Path | None = None
+    """The modelcycle wheel the bentos are (or get) packaged with; None means the checkout's code."""
     say: Callable[[str], None] = print
     servers: list[ServerProcess] = field(default_factory=list)
     production_version: ModelVersion | None = None
@@ -213,8 +239,9 @@ class LocalServing:
             raise
 
     def _package(self, version: ModelVersion) -> PackagedBento:
-        self.say(f"packaging {version.name}@{version.version} ...")
-        return package(self.registry, f"{version.name}@{version.version}", workdir=self.workdir)
+        bento = package(self.registry, f"{version.name}@{version.version}", workdir=self.workdir, wheel=self.wheel)
+        self.say(f"{version.name}@{version.version}: bento {bento.tag} ({'built' if bento.built else 'already built'})")
+        return bento
 
     def _start_gateway(self) -> None:
         production = self.servers[0]

@@ -7,11 +7,20 @@ them (``env/docker/Dockerfile``), which installs that wheel. `bentoml containeri
 turns it into an image on a machine with a container engine; the image name it will have
 is recorded on the model version next to the bento tag (`Registry.annotate`).
 
-The bento's version is the model version and a digest of the artifact and the wheel:
-packaging the same model with the same code again finds the bento already built and
-changes nothing, while a change to either makes a new bento. BentoML's stores live under
-``<workdir>/bentoml`` (its ``BENTOML_HOME``), never in the user's home directory. BentoML
-runs in a child process with that home, so one process can package into several workdirs.
+The wheel is built by hatchling, modelcycle's own build backend and a dependency of its
+serving, called directly: packaging needs neither pip nor uv, so it works in any environment
+that can run modelcycle's serving (a venv made by uv has no pip).
+
+The bento's version is the model version and a digest of the artifact and the code: the
+wheel's sha256 when one is given (``--wheel``), else a digest of the checkout's files that go
+into the wheel (the files hatchling selects, ``pyproject.toml`` and the readme). That digest
+is known without building anything, so packaging the same model with the same code again,
+as `modelcycle serve` does at every start, finds the bento in the store in well under a
+second and changes nothing, while a change to either makes a new bento.
+
+BentoML's stores live under ``<workdir>/bentoml`` (its ``BENTOML_HOME``), never in the
+user's home directory. BentoML runs in a child process with that home, so one process can
+package into several workdirs.
 """
 
 from __future__ import annotations
@@ -71,34 +80,51 @@ def bentoml_env(workdir: str | os.PathLike) -> dict[str, str]:
 
 def package(registry: Registry, ref: str, *, workdir: str | os.PathLike, wheel: str | os.PathLike | None = None
             ) -> PackagedBento:
-    """Build (or find) the bento of `ref` (``name@version`` or ``name@alias``) and record it on the version."""
+    """Build (or find) the bento of `ref` (``name@version`` or ``name@alias``) and record it on the version.
+
+    `wheel` is a modelcycle wheel for the image; without it the wheel is built from the
+    checkout this code runs from, and only when the bento is not in the store yet."""
     name, version_ref = parse_model_ref(ref)
     version = registry.get(name, version_ref)
     data = _verified_artifact(registry, version)
-    with tempfile.TemporaryDirectory(prefix="modelcycle-bento-") as tmp:
-        ctx = Path(tmp)
-        wheel_path = Path(wheel) if wheel else build_wheel(ctx / "dist")
-        if not wheel_path.is_file():
-            raise PackagingError(f"--wheel: no such file {wheel_path}")
-        wheel_sha = hashlib.sha256(wheel_path.read_bytes()).hexdigest()
-        digest = hashlib.sha256(f"{version.sha256}\n{wheel_sha}".encode()).hexdigest()[:12]
-        build = {
-            "name": name,
-            "version": version.version,
-            "sha256": version.sha256,
-            "model_tag": f"{name}:{version.version}-{version.sha256[:12]}",
-            "bento_version": f"{version.version}-{digest}",
-            "wheel": wheel_path.name,
-            "labels": {"modelcycle.model": name, "modelcycle.version": str(version.version),
-                       "modelcycle.sha256": version.sha256, "modelcycle.wheel-sha256": wheel_sha},
-        }
-        result = _already_built(workdir, build) or _build(ctx, build, wheel_path, data, workdir=workdir)
+    wheel_path = _given_wheel(wheel) if wheel is not None else None
+    code = f"wheel-{_sha256_file(wheel_path)}" if wheel_path else f"source-{source_digest()}"
+    digest = hashlib.sha256(f"{version.sha256}\n{code}".encode()).hexdigest()[:12]
+    build = {
+        "name": name,
+        "version": version.version,
+        "sha256": version.sha256,
+        "model_tag": f"{name}:{version.version}-{version.sha256[:12]}",
+        "bento_version": f"{version.version}-{digest}",
+        "labels": {"modelcycle.model": name, "modelcycle.version": str(version.version),
+                   "modelcycle.sha256": version.sha256, "modelcycle.code": code},
+    }
+    result = _already_built(workdir, build)
+    if result is None:
+        with tempfile.TemporaryDirectory(prefix="modelcycle-bento-") as tmp:
+            ctx = Path(tmp)
+            result = _build(ctx, build, wheel_path or build_wheel(ctx / "dist"), data, workdir=workdir)
     registry.annotate(name, version.version, bento=result.tag, image=result.image)
     return result
 
 
+def _given_wheel(wheel: str | os.PathLike) -> Path:
+    path = Path(wheel)
+    if not path.is_file():
+        raise PackagingError(f"--wheel: expected a modelcycle wheel file, found no file at {path}")
+    if not (path.name.startswith("modelcycle-") and path.suffix == ".whl"):
+        raise PackagingError(f"--wheel: expected a modelcycle wheel (modelcycle-*.whl), found {path.name}")
+    return path
+
+
+def _sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _build(ctx: Path, build: dict, wheel: Path, data: bytes, *, workdir: str | os.PathLike) -> PackagedBento:
     """Lay out the build folder and run `_build_in_store` on it in a BentoML child process."""
+    build = {**build, "wheel": wheel.name,
+             "labels": {**build["labels"], "modelcycle.wheel-sha256": _sha256_file(wheel)}}
     shutil.copy(wheel, ctx / wheel.name)
     artifacts.write_atomic(ctx / "model.joblib", data)
     (ctx / f"{ENTRY_MODULE}.py").write_text(_entry_module(build))
@@ -165,20 +191,44 @@ def project_root() -> Path | None:
     return None
 
 
-def build_wheel(out: Path) -> Path:
-    """A wheel of the modelcycle checkout (hatchling builds are reproducible: same code, same bytes)."""
+def _checkout() -> Path:
     root = project_root()
     if root is None:
         raise PackagingError("modelcycle is not running from a checkout, so there is no source to build a wheel "
                              "from; pass --wheel with a modelcycle wheel")
+    return root
+
+
+def source_digest() -> str:
+    """A sha256 over what the wheel of the checkout is made of: every file hatchling puts in
+    it (by its path in the wheel and its bytes), ``pyproject.toml`` and the readme (the
+    wheel's metadata). The same checkout gives the same digest, and nothing is built."""
+    from hatchling.builders.wheel import WheelBuilder
+
+    root = _checkout()
+    builder = WheelBuilder(str(root))
+    files = {included.distribution_path: Path(included.path) for included in builder.recurse_included_files()}
+    files["pyproject.toml"] = root / "pyproject.toml"
+    if readme := builder.metadata.core.readme_path:
+        files[f"readme {readme}"] = root / readme
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(f"{name}\0{_sha256_file(files[name])}\n".encode())
+    return digest.hexdigest()
+
+
+def build_wheel(out: Path) -> Path:
+    """A wheel of the modelcycle checkout, built by calling hatchling's PEP 517 hook in a child
+    process run in the checkout (hatchling builds are reproducible: same code, same bytes)."""
+    root = _checkout()
     out.mkdir(parents=True, exist_ok=True)
-    uv = shutil.which("uv")
-    command = ([uv, "build", "--wheel", "--out-dir", str(out), str(root)] if uv else
-               [sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(out), str(root)])
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
+    command = [sys.executable, "-c", "import sys, hatchling.build; hatchling.build.build_wheel(sys.argv[1])",
+               str(out.resolve())]
+    proc = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
     wheels = sorted(out.glob("modelcycle-*.whl"))
     if proc.returncode != 0 or not wheels:
-        raise PackagingError(f"building the modelcycle wheel failed ({' '.join(command)}):\n"
+        raise PackagingError(f"building the modelcycle wheel of {root} with hatchling failed "
+                             f"(exit code {proc.returncode}, wheels made: {[w.name for w in wheels]}):\n"
                              f"{(proc.stdout + proc.stderr)[-2000:]}")
     return wheels[-1]
 
