@@ -13,14 +13,14 @@ export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 # on their PATH too, not only on make's.
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
-.PHONY: demo test venv k8s-bins bench lint clean
+.PHONY: demo test venv k8s-bins images bench lint clean
 
 $(CURDIR)/.tools/bin/uv:
 	$(PYTHON) -m venv .tools
 	.tools/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
 $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --all-groups
+	$(UV) sync --frozen --all-groups --all-extras
 	touch $@
 
 venv: $(VENV)/.synced
@@ -30,10 +30,16 @@ venv: $(VENV)/.synced
 k8s-bins: venv
 	@if [ -x tools/k8s/build.sh ]; then tools/k8s/build.sh; fi
 
+# The modelcycle and operator images, with Docker or podman (installed with apt when
+# neither is there and we are root on Debian/Ubuntu); a local Debian base where no image
+# registry can be reached. IMAGES_ARGS="--save DIR" also writes OCI archives.
+images: venv
+	$(PY) -m modelcycle.cluster.images $(IMAGES_ARGS)
+
 demo: venv
 	$(VENV)/bin/modelcycle demo
 
-test: venv k8s-bins
+test: venv k8s-bins images
 	$(PY) -m pytest
 
 bench: venv

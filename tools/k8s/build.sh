@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds or fetches, once, the binaries of the local Kubernetes control plane that
 # modelcycle.cluster runs: etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler, kwok (with the stages that drive its fake nodes and pods), and helm
-# for the chart tests.
+# kube-scheduler, kwok (with the stages that drive its fake nodes and pods), helm
+# for the chart tests, and SeaweedFS's `weed`, the S3-compatible object store that
+# Kubeflow Pipelines itself ships, for the tests that run the pipeline on object storage.
 #
 # They land in $MODELCYCLE_CACHE_DIR/k8s/<kubernetes version>/bin (by default
 # ~/.cache/modelcycle/k8s/v1.X.Y/bin). Each binary carries a stamp with the pin it
@@ -41,8 +42,9 @@ pin() {
 kube_version=$(pin "$here/kubernetes/go.mod" k8s.io/kubernetes)
 kwok_version=$(pin "$here/kwok/go.mod" sigs.k8s.io/kwok)
 helm_version=$(pin "$here/helm/go.mod" helm.sh/helm/v3)
+weed_version=$(pin "$here/seaweedfs/go.mod" github.com/seaweedfs/seaweedfs)
 helm_client_version=$(pin "$here/helm/go.mod" k8s.io/client-go)
-[[ -n $kube_version && -n $kwok_version && -n $helm_version ]] || die "cannot read the pins from $here/*/go.mod"
+[[ -n $kube_version && -n $kwok_version && -n $helm_version && -n $weed_version ]] || die "cannot read the pins from $here/*/go.mod"
 
 cache_root=${MODELCYCLE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/modelcycle}
 cache=$cache_root/k8s/$kube_version
@@ -50,7 +52,7 @@ bin=$cache/bin
 timings=$cache/timings.tsv
 mkdir -p "$bin"
 
-names=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok kwok-stages helm)
+names=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok kwok-stages helm weed)
 
 # kwok only acts through Stage objects, and `kwok` alone has none built in (kwokctl
 # passes them): these are its "fast" ones, taken from the pinned module's kustomize/stage.
@@ -73,6 +75,7 @@ stamp() {
         kwok) echo "sigs.k8s.io/kwok@$kwok_version trimpath,s,w,cgo=0" ;;
         kwok-stages) echo "sigs.k8s.io/kwok@$kwok_version ${kwok_stages[*]}" ;;
         helm) echo "helm.sh/helm/v3@$helm_version trimpath,s,w,cgo=0" ;;
+        weed) echo "github.com/seaweedfs/seaweedfs@$weed_version trimpath,s,w,cgo=0" ;;
     esac
 }
 
@@ -190,6 +193,7 @@ for name in "${missing[@]}"; do
         kwok) go_build kwok kwok sigs.k8s.io/kwok/cmd/kwok "" ;;
         kwok-stages) write_kwok_stages ;;
         helm) go_build helm helm helm.sh/helm/v3/cmd/helm "$(helm_ldflags)" ;;
+        weed) go_build weed seaweedfs github.com/seaweedfs/seaweedfs/weed "" ;;
     esac
     stamp "$name" >"$(stamp_file "$name")"
     record_time "$name" $((SECONDS - start)) "$([[ $name == etcd ]] && echo "wheel" || echo "$go_version")"

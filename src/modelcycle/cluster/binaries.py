@@ -28,14 +28,17 @@ class MissingBinary(FileNotFoundError):
     """A binary the control plane needs is neither in `$KUBEBUILDER_ASSETS` nor in the cache."""
 
 
-def cache_dir() -> Path:
-    """The folder `tools/k8s/build.sh` fills for the pinned Kubernetes version."""
+def cache_root() -> Path:
+    """modelcycle's cache: `$MODELCYCLE_CACHE_DIR`, else `~/.cache/modelcycle`."""
     root = os.environ.get("MODELCYCLE_CACHE_DIR")
     if root:
-        base = Path(root)
-    else:
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "modelcycle"
-    return base / "k8s" / KUBERNETES_VERSION
+        return Path(root)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "modelcycle"
+
+
+def cache_dir() -> Path:
+    """The folder `tools/k8s/build.sh` fills for the pinned Kubernetes version."""
+    return cache_root() / "k8s" / KUBERNETES_VERSION
 
 
 def find(name: str) -> Path:

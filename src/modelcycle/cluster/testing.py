@@ -24,6 +24,7 @@ import pytest
 from modelcycle.cluster.binaries import MissingBinary
 from modelcycle.cluster.clusters import Cluster
 from modelcycle.cluster.controlplane import ControlPlane, ControlPlaneError
+from modelcycle.cluster.objectstore import ObjectStore, ObjectStoreError
 
 KUBECONFIG_ENV = "MODELCYCLE_KUBECONFIG"
 """Names a kubeconfig whose cluster the tests use instead of a local control plane."""
@@ -73,3 +74,34 @@ def namespace(control_plane: Cluster) -> Iterator[str]:
     )
     yield name
     control_plane.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="session")
+def object_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObjectStore]:
+    """A real S3-compatible object store (SeaweedFS) on 127.0.0.1, for the whole test run.
+
+    Its credentials and endpoint are in `object_store.env`; tests that want fsspec to find
+    them without options set those variables with monkeypatch. Fails, never skips, when
+    `weed` is missing (`make k8s-bins` builds it)."""
+    try:
+        store = ObjectStore.start(tmp_path_factory.mktemp("object-store"))
+    except (MissingBinary, ObjectStoreError) as error:
+        pytest.fail(f"the local object store did not start: {error}", pytrace=False)
+    try:
+        yield store
+    finally:
+        store.stop()
+
+
+@pytest.fixture
+def s3_env(object_store: ObjectStore, monkeypatch: pytest.MonkeyPatch) -> ObjectStore:
+    """`object_store`, with its AWS_* variables set for this test (s3fs reads them)."""
+    for key, value in object_store.env.items():
+        monkeypatch.setenv(key, value)
+    return object_store
+
+
+@pytest.fixture
+def bucket(s3_env: ObjectStore) -> str:
+    """A fresh bucket in the object store, as ``s3://NAME``."""
+    return s3_env.make_bucket(f"test-{secrets.token_hex(4)}")

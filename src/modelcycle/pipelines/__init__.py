@@ -37,10 +37,14 @@ class TrainingOutputs(NamedTuple):
 @dsl.pipeline(name=PIPELINE_NAME, description="Ingest, validate, train candidates, evaluate against the spec's gates, register.")
 def training_pipeline(
     spec_yaml: str,
-    base_dir: str = "/data",
-    store_uri: str = "/data/.modelcycle/data",
-    registry_uri: str = "/data/.modelcycle/registry",
+    store_uri: str,
+    registry_uri: str,
+    base_dir: str = "",
 ) -> TrainingOutputs:
+    """`store_uri` and `registry_uri` are where data versions and models live: on a cluster,
+    object-store URLs (``s3://bucket/modelcycle/data``), since tasks share nothing but KFP
+    artifacts and parameters; credentials come from the pods' environment (``AWS_*``).
+    `base_dir` resolves relative data paths in the spec; a URL source needs none."""
     ingested = c.ingest(spec_yaml=spec_yaml, base_dir=base_dir, store_uri=store_uri).set_display_name("ingest")
     validated = c.validate(
         spec_yaml=spec_yaml, base_dir=base_dir, store_uri=store_uri, data_version=ingested.outputs["Output"]
@@ -62,6 +66,8 @@ def training_pipeline(
         schema=validated.outputs["schema"],
         best_model=evaluated.outputs["best_model"],
         evaluation=evaluated.outputs["evaluation"],
+        report=evaluated.outputs["report"],
+        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
     ).set_display_name("register")
     return TrainingOutputs(model_version=registered.output, report=evaluated.outputs["report"])
 
@@ -82,8 +88,14 @@ class LocalRun:
     seconds: float
 
 
-def run_local(spec_path: str | Path, *, workdir: str | Path = ".modelcycle", registry_uri: str | None = None) -> LocalRun:
-    """Run the training pipeline here with kfp.local; raise RuntimeError naming the failed task."""
+def run_local(spec_path: str | Path, *, workdir: str | Path = ".modelcycle", registry_uri: str | None = None,
+              store_uri: str | None = None, runner: object | None = None) -> LocalRun:
+    """Run the training pipeline here with kfp.local; raise RuntimeError naming the failed task.
+
+    The data store and the registry default to folders in `workdir`; either may be an
+    fsspec URL. `runner` is a kfp.local runner (default: the SubprocessRunner with this
+    interpreter); a `kfp.local.DockerRunner` runs each task in its own container of the
+    modelcycle image, which then reaches the stores only through URLs it can resolve."""
     spec_path = Path(spec_path).resolve()
     workdir = Path(workdir).resolve()
     run_dir = workdir / "runs" / time.strftime("%Y%m%d-%H%M%S")
@@ -98,14 +110,18 @@ def run_local(spec_path: str | Path, *, workdir: str | Path = ".modelcycle", reg
     os.environ.update(overrides)
     started = time.perf_counter()
     try:
-        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir / "artifacts"))
+        root = run_dir / "artifacts"
+        root.mkdir()
+        if runner is not None and not isinstance(runner, local.SubprocessRunner):
+            root.chmod(0o1777)  # bind-mounted into containers that write as the image's own user
+        local.init(runner=runner or local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*non-Python base image.*")
             warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
             task = training_pipeline(
                 spec_yaml=spec_path.read_text(),
                 base_dir=str(spec_path.parent),
-                store_uri=str(workdir / "data"),
+                store_uri=store_uri or str(workdir / "data"),
                 registry_uri=registry_uri or str(workdir / "registry"),
             )
     finally:

@@ -1,0 +1,204 @@
+"""The images modelcycle ships, built here with whatever container engine there is.
+
+    python -m modelcycle.cluster.images            # what `make images` runs
+    python -m modelcycle.cluster.images --save DIR # and an OCI archive of each, for air-gapped clusters
+    eval "$(python -m modelcycle.cluster.images --env)"   # then podman by hand: tag, push
+
+Two images come from this checkout, each reproducible from `uv.lock`, non-root, and
+labelled with OCI annotations (source, version, revision):
+
+- the modelcycle image (`Dockerfile`): the Kubeflow components and the gateway, with the
+  ``pipelines`` and ``serving`` extras;
+- the operator image (`operator.Dockerfile`): the Kopf operator, with the ``operator`` extra.
+
+A third kind, one per model version, is the bento's image (`modelcycle package --image`).
+
+Every Dockerfile takes ``ARG BASE_IMAGE``. Where the public Python 3.11 slim image can be
+pulled, it is the base. Where no image registry can be reached, a base is made from Debian
+packages with mmdebstrap (``minbase`` plus python3, python3-venv and ca-certificates:
+Python 3.11 on bookworm, as in the lock), kept as a tarball with its sha256 in the cache
+folder, and imported under a local name; a later run re-imports the tarball, or finds the
+image already there, and never bootstraps twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from modelcycle import __version__
+from modelcycle.cluster.containers import Engine, EngineError, cache_dir, engine, ensure_tools
+
+PUBLIC_BASE = "docker.io/library/python:3.11-slim"
+LOCAL_BASE = "localhost/modelcycle-base:bookworm-python3.11"
+DEBIAN_SUITE = "bookworm"
+DEBIAN_PACKAGES = ("python3", "python3-venv", "ca-certificates")
+REPOSITORY = "modelcycle"
+PYTHON_IMAGE = f"{REPOSITORY}/modelcycle-python:{__version__}"
+"""The components' and the gateway's image; `MODELCYCLE_IMAGE` and the chart default to it."""
+OPERATOR_IMAGE = f"{REPOSITORY}/modelcycle-operator:{__version__}"
+SOURCE_URL = "https://github.com/modelcycle/modelcycle"
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """An image built from this checkout."""
+
+    tag: str
+    dockerfile: str
+    title: str
+
+
+IMAGES = (
+    ImageSpec(tag=PYTHON_IMAGE, dockerfile="Dockerfile", title="modelcycle components and gateway"),
+    ImageSpec(tag=OPERATOR_IMAGE, dockerfile="operator.Dockerfile", title="modelcycle operator"),
+)
+
+
+@dataclass
+class BuiltImage:
+    tag: str
+    seconds: float
+    size_mb: float
+    archive: str | None = None
+
+
+def project_root() -> Path:
+    root = Path(__file__).resolve().parents[3]
+    if not (root / "Dockerfile").is_file():
+        raise EngineError(f"no Dockerfile in {root}: images are built from a modelcycle checkout")
+    return root
+
+
+def revision(root: Path) -> str:
+    proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else "unknown"
+
+
+def oci_labels(*, title: str, root: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    return {
+        "org.opencontainers.image.title": title,
+        "org.opencontainers.image.source": SOURCE_URL,
+        "org.opencontainers.image.version": __version__,
+        "org.opencontainers.image.revision": revision(root),
+        "org.opencontainers.image.licenses": "Apache-2.0",
+        **(extra or {}),
+    }
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def debian_base(eng: Engine, *, say=print) -> str:
+    """The local Debian base image, bootstrapped once with mmdebstrap and kept as a tarball."""
+    if eng.exists(LOCAL_BASE):
+        return LOCAL_BASE
+    folder = cache_dir() / "base"
+    folder.mkdir(parents=True, exist_ok=True)
+    tarball = folder / f"{DEBIAN_SUITE}-python3.11.tar"
+    checksum = tarball.with_name(tarball.name + ".sha256")
+    if not (tarball.is_file() and checksum.is_file() and checksum.read_text().split()[0] == _sha256(tarball)):
+        ensure_tools(["mmdebstrap"])
+        say(f"bootstrapping the base image from Debian packages ({DEBIAN_SUITE}: {', '.join(DEBIAN_PACKAGES)}) ...")
+        started = time.perf_counter()
+        tmp = tarball.with_name(tarball.name + ".tmp")
+        command = [
+            "mmdebstrap", "--variant=minbase", f"--include={','.join(DEBIAN_PACKAGES)}",
+            "--dpkgopt=path-exclude=/usr/share/doc/*", "--dpkgopt=path-exclude=/usr/share/man/*",
+            "--dpkgopt=path-exclude=/usr/share/locale/*", "--dpkgopt=path-exclude=/usr/share/info/*",
+            "--customize-hook=rm -rf \"$1\"/var/cache/apt/* \"$1\"/var/lib/apt/lists/*",
+            "--format=tar", DEBIAN_SUITE, str(tmp),
+        ]
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+        if proc.returncode != 0:
+            raise EngineError(f"mmdebstrap failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
+        tmp.replace(tarball)
+        checksum.write_text(f"{_sha256(tarball)}  {tarball.name}\n")
+        say(f"  {tarball} ({tarball.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - started:.0f} s")
+    eng.run("import", "--change", "CMD [\"python3\"]", str(tarball), LOCAL_BASE)
+    return LOCAL_BASE
+
+
+def base_image(eng: Engine, *, requested: str | None = None, say=print) -> str:
+    """`requested`, else the public Python 3.11 slim image if it is here or can be pulled,
+    else the local Debian base."""
+    if requested:
+        return requested
+    if eng.exists(PUBLIC_BASE):
+        return PUBLIC_BASE
+    try:
+        if eng.run("pull", "-q", PUBLIC_BASE, check=False, timeout=120).returncode == 0:
+            return PUBLIC_BASE
+    except subprocess.TimeoutExpired:
+        pass
+    say(f"{PUBLIC_BASE} cannot be pulled (no image registry reachable): using a local Debian base")
+    return debian_base(eng, say=say)
+
+
+def build_all(*, base: str | None = None, save_dir: Path | None = None, say=print,
+              images: tuple[ImageSpec, ...] = IMAGES) -> list[BuiltImage]:
+    """Build every image of this checkout (the engine's layer cache makes a warm run quick)."""
+    eng = engine(install_missing=True)
+    root = project_root()
+    base = base_image(eng, requested=base, say=say)
+    logs = cache_dir() / "logs"
+    built = []
+    for image in images:
+        say(f"building {image.tag} ({image.dockerfile}, base {base}) ...")
+        started = time.perf_counter()
+        eng.build(context=root, dockerfile=root / image.dockerfile, tag=image.tag, build_args={"BASE_IMAGE": base},
+                  labels=oci_labels(title=image.title, root=root), log=logs / f"{image.dockerfile}.log")
+        result = BuiltImage(tag=image.tag, seconds=round(time.perf_counter() - started, 1),
+                            size_mb=round(eng.size_bytes(image.tag) / 1e6, 1))
+        if save_dir:
+            archive = save_dir / (image.tag.replace("/", "_").replace(":", "_") + ".oci.tar")
+            result.archive = str(eng.save(image.tag, archive))
+        say(f"  {image.tag}: {result.size_mb:.0f} MB in {result.seconds:.0f} s"
+            + (f", saved to {result.archive}" if result.archive else ""))
+        built.append(result)
+    (cache_dir() / "images.json").write_text(json.dumps([asdict(b) for b in built], indent=2))
+    return built
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m modelcycle.cluster.images", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base", help=f"base image (default: {PUBLIC_BASE} if it can be pulled, else a local "
+                                       "Debian base made with mmdebstrap)")
+    parser.add_argument("--save", type=Path, metavar="DIR", help="also write each image as an OCI archive into DIR")
+    parser.add_argument("--env", action="store_true",
+                        help="only print the variables that point podman at modelcycle's configuration "
+                             "(eval \"$(... --env)\" before running podman by hand, e.g. to push)")
+    args = parser.parse_args(argv)
+    if args.env:
+        try:
+            eng = engine()
+        except EngineError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        for key, value in eng.env.items():
+            print(f"export {key}={shlex.quote(value)}")
+        return 0
+    started = time.perf_counter()
+    try:
+        build_all(base=args.base, save_dir=args.save)
+    except EngineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"images ready in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

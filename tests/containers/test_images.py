@@ -1,0 +1,48 @@
+"""The images of this checkout: non-root, labelled, each with only its own extras, and
+runnable under the operator's security context (read-only root, no capabilities)."""
+
+import json
+
+from modelcycle import __version__
+from modelcycle.cluster.images import OPERATOR_IMAGE, PYTHON_IMAGE
+
+LOCKED_DIST = "import importlib.metadata as m, json; print(json.dumps(sorted(d.metadata['Name'].lower() for d in m.distributions())))"
+
+
+def _run(engine, image, *args, entrypoint=None):
+    extra = ["--entrypoint", entrypoint] if entrypoint else []
+    return engine.run("run", "--rm", "--read-only", "--tmpfs", "/tmp", "--cap-drop=all", "--network=none",
+                      *extra, image, *args, timeout=120)
+
+
+def test_images_are_labelled_and_not_root(container_engine):
+    for image in (PYTHON_IMAGE, OPERATOR_IMAGE):
+        config = container_engine.inspect(image)
+        labels = config.get("Labels") or config["Config"]["Labels"]
+        assert labels["org.opencontainers.image.version"] == __version__
+        assert labels["org.opencontainers.image.source"].startswith("https://")
+        assert len(labels["org.opencontainers.image.revision"]) in (40, len("unknown"))
+        assert config["Config"]["User"] == "10001", image
+
+
+def test_modelcycle_image_runs_the_cli_read_only(container_engine):
+    out = _run(container_engine, PYTHON_IMAGE, "modelcycle", "version").stdout
+    assert out.strip() == __version__
+    uid = _run(container_engine, PYTHON_IMAGE, "python", "-c", "import os; print(os.getuid())").stdout
+    assert uid.strip() == "10001"
+
+
+def test_each_image_has_only_its_extras(container_engine):
+    python_dists = set(json.loads(_run(container_engine, PYTHON_IMAGE, "python", "-c", LOCKED_DIST).stdout))
+    operator_dists = set(json.loads(_run(container_engine, OPERATOR_IMAGE, "-c", LOCKED_DIST,
+                                         entrypoint="python").stdout))
+    assert {"kfp", "bentoml", "s3fs", "modelcycle"} <= python_dists
+    assert "kopf" not in python_dists
+    assert {"kopf", "kubernetes", "modelcycle"} <= operator_dists
+    assert not {"kfp", "bentoml", "pytest"} & operator_dists
+
+
+def test_operator_image_starts_its_module(container_engine):
+    proc = _run(container_engine, OPERATOR_IMAGE, "-c", "import modelcycle.operator.handlers, kopf; print('ok')",
+                entrypoint="python")
+    assert proc.stdout.strip() == "ok"
