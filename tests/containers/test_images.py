@@ -46,3 +46,14 @@ def test_operator_image_starts_its_module(container_engine):
     proc = _run(container_engine, OPERATOR_IMAGE, "-c", "import modelcycle.operator.handlers, kopf; print('ok')",
                 entrypoint="python")
     assert proc.stdout.strip() == "ok"
+
+
+def test_an_image_saved_as_an_oci_archive_loads_back(container_engine, tmp_path):
+    """What an air-gapped cluster gets: `make images IMAGES_ARGS="--save DIR"` writes these."""
+    archive = container_engine.save(OPERATOR_IMAGE, tmp_path / "operator.oci.tar")
+    assert archive.stat().st_size > 10_000_000
+    if container_engine.name == "podman":
+        loaded = container_engine.run("load", "-q", "-i", str(archive)).stdout
+        assert "modelcycle-operator" in loaded or "sha256:" in loaded
+        labels = container_engine.inspect(OPERATOR_IMAGE)["Labels"]
+        assert labels["org.opencontainers.image.version"] == __version__

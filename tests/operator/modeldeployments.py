@@ -66,6 +66,8 @@ class OperatorProcess:
             **os.environ, **self.cluster.env,
             "MODELCYCLE_NAMESPACES": self.namespace,
             "MODELCYCLE_COMPARISON_INTERVAL": "0.5",
+            # The tests point the operator at gateways they run on 127.0.0.1 with this annotation.
+            "MODELCYCLE_GATEWAY_URL_ANNOTATION": "true",
             "MODELCYCLE_METRICS_PORT": str(self.metrics_port),
             "PYTHONUNBUFFERED": "1",
             **self.env,

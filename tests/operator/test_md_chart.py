@@ -33,11 +33,16 @@ def helm(cluster: Cluster, *args: str) -> str:
 
 @pytest.fixture
 def release(control_plane: Cluster, namespace: str) -> Iterator[str]:
-    """The chart installed in the test's namespace, serving that namespace only."""
-    helm(control_plane, "install", "mc", str(CHART), "--namespace", namespace,
-         "--set", f"watchNamespaces={{{namespace}}}", "--wait=false")
+    """The chart installed in the test's namespace with its default values: it serves that
+    namespace only."""
+    helm(control_plane, "install", "mc", str(CHART), "--namespace", namespace, "--wait=false")
     yield "mc"
     helm(control_plane, "uninstall", "mc", "--namespace", namespace, "--wait=false")
+
+
+def _can(cluster: Cluster, account: str, verb: str, resource: str, where: str) -> bool:
+    result = cluster.kubectl("auth", "can-i", verb, resource, "-n", where, "--as", account, check=False)
+    return result.stdout.strip() == "yes"
 
 
 def test_chart_lints(control_plane: Cluster) -> None:
@@ -63,13 +68,41 @@ def test_chart_installs_crd_and_an_available_operator(control_plane: Cluster, na
     account = f"system:serviceaccount:{namespace}:mc-modelcycle-operator"
 
     def can(verb: str, resource: str, where: str = namespace) -> bool:
-        result = control_plane.kubectl("auth", "can-i", verb, resource, "-n", where, "--as", account, check=False)
-        return result.stdout.strip() == "yes"
+        return _can(control_plane, account, verb, resource, where)
 
     assert can("patch", "deployments.apps") and can("delete", "services") and can("patch", "modeldeployments/status")
     assert not can("get", "secrets") and not can("create", "pods") and not can("delete", "configmaps")
     assert not can("get", "deployments.apps"), "the operator reads through watches only"
     assert not can("patch", "deployments.apps", "default"), "a namespaced install must not reach other namespaces"
+    assert not can("patch", "deployments.apps", "kube-system")
+    assert env["MODELCYCLE_GATEWAY_URL_ANNOTATION"] == "false"
+    cluster_roles = control_plane.kubectl("get", "clusterroles", "-l", "app.kubernetes.io/instance=mc", "-o", "name")
+    assert f"{namespace}" not in cluster_roles.stdout, "the default install creates nothing cluster-wide"
+
+
+def test_cluster_wide_is_an_explicit_value(control_plane: Cluster, namespace: str) -> None:
+    helm(control_plane, "install", "mcw", str(CHART), "--namespace", namespace, "--set", "clusterWide=true",
+         "--skip-crds", "--wait=false")
+    try:
+        deployment = yaml.safe_load(control_plane.kubectl("get", "deployment/mcw-modelcycle-operator", "-n", namespace,
+                                                          "-o", "yaml").stdout)
+        container, = deployment["spec"]["template"]["spec"]["containers"]
+        env = {item["name"]: item.get("value") for item in container["env"]}
+        assert not env["MODELCYCLE_NAMESPACES"]  # empty: every namespace
+        account = f"system:serviceaccount:{namespace}:mcw-modelcycle-operator"
+        control_plane.kubectl("wait", "--for=create", "--timeout=20s", f"clusterrolebinding/mcw-modelcycle-operator-{namespace}")
+        assert _can(control_plane, account, "patch", "deployments.apps", "default")
+        assert not _can(control_plane, account, "get", "secrets", "default")
+    finally:
+        helm(control_plane, "uninstall", "mcw", "--namespace", namespace, "--wait=false")
+
+
+def test_cluster_wide_and_a_namespace_list_are_refused_together(control_plane: Cluster, namespace: str) -> None:
+    result = subprocess.run(
+        [str(find("helm")), "template", "x", str(CHART), "--set", "clusterWide=true", "--set", "watchNamespaces={a}"],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "leave watchNamespaces empty" in result.stderr
 
 
 def test_operator_runs_with_only_the_charts_rbac(

@@ -28,3 +28,17 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- define "modelcycle.serviceAccountName" -}}
 {{- default (include "modelcycle.operatorName" .) .Values.serviceAccount.name -}}
 {{- end -}}
+
+{{/*
+The namespaces the operator serves: `watchNamespaces`, else the release's own. Empty
+only for a cluster-wide install (`clusterWide: true`), which must not also list some.
+*/}}
+{{- define "modelcycle.watchNamespaces" -}}
+{{- if .Values.clusterWide -}}
+{{- if .Values.watchNamespaces -}}
+{{- fail "clusterWide: true serves every namespace; leave watchNamespaces empty, or set clusterWide: false to serve only the listed ones" -}}
+{{- end -}}
+{{- else -}}
+{{- join "," (.Values.watchNamespaces | default (list .Release.Namespace)) -}}
+{{- end -}}
+{{- end -}}

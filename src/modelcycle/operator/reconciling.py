@@ -274,20 +274,31 @@ class Reconciler:
     async def _read_comparison(self, md: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
         """The gateway's ShadowComparison as JSON, or (None, what went wrong)."""
         annotations = md["metadata"].get("annotations") or {}
-        base = annotations.get(promotion.GATEWAY_URL) or (
-            f"http://{resources.child_name(md['metadata']['name'], 'gateway')}."
-            f"{md['metadata']['namespace']}.svc:{resources.GATEWAY_PORT}"
-        )
-        url = base.rstrip("/") + "/shadow/comparison"
+        service = (f"http://{resources.child_name(md['metadata']['name'], 'gateway')}."
+                   f"{md['metadata']['namespace']}.svc:{resources.GATEWAY_PORT}")
+        override = annotations.get(promotion.GATEWAY_URL)
+        ignored = ""
+        if override and not self.settings.gateway_url_annotation:
+            override = None
+            ignored = (f"; annotation {promotion.GATEWAY_URL} ignored: this operator runs with "
+                       "MODELCYCLE_GATEWAY_URL_ANNOTATION off")
+        url = (override or service).rstrip("/") + "/shadow/comparison"
         if self._http is None:
             self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.settings.gateway_timeout_s))
         try:
             async with self._http.get(url) as answer:
                 if answer.status != 200:
-                    return None, f"{url} answered HTTP {answer.status}: {(await answer.text())[:200]}"
+                    # The body stays in the operator's log: status is readable by whoever may read the
+                    # resource, and the answer comes from whatever the URL points at.
+                    logger.warning("%s answered HTTP %s: %s", url, answer.status, (await answer.text())[:500])
+                    return None, f"{url} answered HTTP {answer.status}{ignored}"
                 return await answer.json(), None
-        except (aiohttp.ClientError, TimeoutError, ValueError) as error:
-            return None, f"cannot read {url}: {error or type(error).__name__}"
+        except (aiohttp.ClientConnectionError, TimeoutError) as error:  # says which host and why, nothing it sent
+            return None, f"cannot read {url}: {str(error)[:200] or type(error).__name__}{ignored}"
+        except aiohttp.ClientError as error:
+            return None, f"cannot read {url}: {type(error).__name__}{ignored}"
+        except ValueError:
+            return None, f"{url} did not answer JSON{ignored}"
 
     def _post_records(self, md: dict[str, Any], state: _State) -> None:
         """Post the Event of a promotion or rollback record not yet in status (nor posted by

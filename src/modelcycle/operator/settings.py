@@ -44,6 +44,17 @@ def _int(name: str, default: int) -> int:
     return value
 
 
+def _bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("true", "1", "yes", "on"):
+        return True
+    if raw in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"{name}: expected true or false, found {os.environ[name]!r}")
+
+
 @dataclass(frozen=True)
 class OperatorSettings:
     """How the operator runs. `from_env()` reads the `MODELCYCLE_*` variables named below."""
@@ -70,6 +81,13 @@ class OperatorSettings:
     pass is five applies and a status write; 32 keeps a loaded API server busy (the bench:
     500 created at once on 2 cores) without queueing thousands of requests in it."""
 
+    gateway_url_annotation: bool = False
+    """`MODELCYCLE_GATEWAY_URL_ANNOTATION` (true/false): honour the ModelDeployment annotation
+    `modelcycle.io/gateway-url`, which points the operator at another gateway address (an
+    operator outside the cluster, a gateway run by hand). Off by default: with it, anyone
+    who may create a ModelDeployment could make the operator fetch any URL it can reach.
+    Off, the operator reads only the `<name>-gateway` Service it created."""
+
     retry_delays_s: tuple[float, ...] = field(default=(1.0, 2.0, 5.0, 10.0, 30.0))
     """Delays before retrying a failed reconcile, the last one repeated: a conflict or a
     brief API outage heals within seconds, a lasting one is retried without flooding."""
@@ -85,4 +103,5 @@ class OperatorSettings:
             comparison_interval_s=_float("MODELCYCLE_COMPARISON_INTERVAL", cls.comparison_interval_s),
             gateway_timeout_s=_float("MODELCYCLE_GATEWAY_TIMEOUT", cls.gateway_timeout_s),
             concurrency=_int("MODELCYCLE_CONCURRENCY", cls.concurrency),
+            gateway_url_annotation=_bool("MODELCYCLE_GATEWAY_URL_ANNOTATION", cls.gateway_url_annotation),
         )
