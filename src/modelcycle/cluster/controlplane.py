@@ -25,7 +25,6 @@ import http.client
 import json
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -107,7 +106,7 @@ class _Ports:
 
     @classmethod
     def free(cls) -> _Ports:
-        return cls(*_free_ports(5))
+        return cls(*processes.free_ports(5))
 
 
 @dataclass
@@ -576,20 +575,6 @@ def _log_tail(log: Path, lines: int = 25) -> str:
     except FileNotFoundError:
         return f"its log {log} does not exist"
     return f"last lines of {log}:\n" + "\n".join(tail)
-
-
-def _free_ports(count: int) -> list[int]:
-    """Distinct free TCP ports on 127.0.0.1, chosen by the kernel."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def _write_atomically(path: Path, text: str) -> None:

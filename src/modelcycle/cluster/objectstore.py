@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelcycle.cluster import binaries
-from modelcycle.cluster.processes import ProcessRecord, spawn, stop
+from modelcycle.cluster.processes import ProcessRecord, free_ports, spawn, stop
 
 START_TIMEOUT_S = 60.0
 """Master, volume, filer and S3 start one after the other; 5-10 s is usual here."""
@@ -32,21 +31,6 @@ READINESS_BUCKET = "modelcycle-readiness"
 
 class ObjectStoreError(RuntimeError):
     """The object store did not start; the message carries its log's tail."""
-
-
-def _free_ports(count: int) -> list[int]:
-    """Ports free on 127.0.0.1 that also leave port+10000 free (SeaweedFS's gRPC habit is
-    set explicitly here, but a stray default must not collide either)."""
-    sockets: list[socket.socket] = []
-    try:
-        while len(sockets) < count:
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 @dataclass
@@ -90,7 +74,7 @@ class ObjectStore:
         weed = binaries.find("weed")
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "data").mkdir(exist_ok=True)
-        master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc = _free_ports(8)
+        master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc = free_ports(8)
         store = cls(folder=folder, endpoint=f"http://127.0.0.1:{s3}",
                     access_key="modelcycle", secret_key=secrets.token_hex(16))
         argv = [
