@@ -130,3 +130,16 @@ def test_operator_runs_with_only_the_charts_rbac(
         process.stop()
     log = process.log.read_text()
     assert "forbidden" not in log.lower(), process.tail()
+
+
+def test_install_dry_run_against_the_api_server_prints_the_notes(control_plane: Cluster, namespace: str) -> None:
+    """The API server itself validates every object (`--dry-run=server`), PDB included, and
+    the notes say what was installed and how to apply a first ModelDeployment."""
+    out = helm(control_plane, "install", "mcd", str(CHART), "--namespace", namespace, "--dry-run=server",
+               "--skip-crds", "--set", "podDisruptionBudget.enabled=true")
+    manifests = [doc for doc in yaml.safe_load_all(out.split("NOTES:")[0].split("MANIFEST:")[1]) if doc]
+    assert {m["kind"] for m in manifests} >= {"Deployment", "Role", "RoleBinding", "ServiceAccount", "PodDisruptionBudget"}
+    notes = out.split("NOTES:")[1]
+    assert f"a Role in each namespace it serves: {namespace}" in notes
+    assert f"kubectl apply -n {namespace} -f -" in notes and "kind: ModelDeployment" in notes
+    assert control_plane.kubectl("get", "deployments", "-n", namespace, "-o", "name").stdout.strip() == ""
