@@ -35,3 +35,12 @@ def spec(project):
     from modelcycle.spec import load_spec
 
     return load_spec(project)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    from property_cases import CASES
+
+    if CASES:
+        terminalreporter.section("property-based cases")
+        for name, count in sorted(CASES.items()):
+            terminalreporter.write_line(f"{name}: {count} cases")

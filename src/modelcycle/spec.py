@@ -359,13 +359,22 @@ def _describe(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+
 def _yaml_path(loc: tuple[Any, ...]) -> str:
+    """`training.candidates[1].search_space`; a key that is not a plain name is quoted,
+    `goal['a: b']`, so that the path stays one line and cannot be mistaken for another."""
     path = ""
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif not str(part).startswith("function-"):
+        elif str(part).startswith("function-"):
+            continue
+        elif _PLAIN_KEY.fullmatch(str(part)):
             path += f".{part}" if path else str(part)
+        else:
+            path += f"[{str(part)!r}]"
     return path or "(top level)"
 
 
@@ -393,7 +402,7 @@ def parse_spec(data: Any, *, source: str = "<spec>") -> ProjectSpec:
     except ValidationError as exc:
         problems: list[str] = []
         for err in exc.errors():
-            for line in _format_error(err).splitlines():
+            for line in _format_error(err).split("\n"):
                 if line not in problems:
                     problems.append(line)
         raise SpecError(source, problems) from None
