@@ -75,8 +75,35 @@ class DataVersion(BaseModel):
 
 def describe_source(source: str | SqlSource) -> str:
     if isinstance(source, SqlSource):
-        return f"sql:{source.url} :: {source.query}"
+        return f"sql:{source.url} :: {source.query}"  # the spec refuses a URL with a password
     return source
+
+
+def _read_sql(source: SqlSource) -> pd.DataFrame:
+    """Run the query; the password comes from `password_env` at connect time only, and is
+    scrubbed from any error message (a driver may echo its connection parameters)."""
+    import sqlalchemy
+
+    url = sqlalchemy.engine.make_url(source.url)
+    password = None
+    if source.password_env:
+        password = os.environ.get(source.password_env)
+        if not password:
+            raise DataError(f"data.source.password_env: the environment variable {source.password_env} is not set "
+                            "(set it from a Secret on Kubernetes)")
+        url = url.set(password=password)
+    try:
+        engine = sqlalchemy.create_engine(url)
+        try:
+            with engine.connect() as conn:
+                return pd.read_sql(sqlalchemy.text(source.query), conn)
+        finally:
+            engine.dispose()
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        message = f"{exc.__class__.__name__}: {exc}"
+        if password:
+            message = message.replace(password, "***")
+        raise DataError(f"data.source: the SQL query failed on {source.url}: {message}") from None
 
 
 def resolve_source(spec: DataSpec, *, base_dir: Path | None = None) -> tuple[str, str]:
@@ -117,14 +144,7 @@ def read_source(spec: DataSpec, *, base_dir: Path | None = None) -> pd.DataFrame
     """Read the data the spec points at; relative paths are taken from `base_dir`."""
     source = spec.source
     if isinstance(source, SqlSource):
-        import sqlalchemy
-
-        try:
-            engine = sqlalchemy.create_engine(source.url)
-            with engine.connect() as conn:
-                return pd.read_sql(sqlalchemy.text(source.query), conn)
-        except sqlalchemy.exc.SQLAlchemyError as exc:
-            raise DataError(f"data.source: the SQL query failed on {source.url}: {exc.__class__.__name__}: {exc}") from None
+        return _read_sql(source)
     source, fmt = resolve_source(spec, base_dir=base_dir)
     try:
         with fsspec.open(source, "rb", compression="infer") as fh:

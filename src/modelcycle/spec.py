@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from urllib.parse import urlsplit
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -117,8 +118,27 @@ class Goal(_Strict):
 
 
 class SqlSource(_Strict):
-    url: str = Field(description="SQLAlchemy URL, e.g. sqlite:///data.db or postgresql://host/db")
+    """A SQL query through SQLAlchemy. The password never sits in the spec: the spec travels
+    into lineage, manifests, Kubeflow's run parameters and logs. `password_env` names the
+    environment variable that holds it (on Kubernetes, set from a Secret)."""
+
+    url: str = Field(description="SQLAlchemy URL without a password, e.g. postgresql+psycopg://reader@db:5432/sales")
     query: str
+    password_env: str | None = Field(
+        default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="The environment variable holding the database password (from a Kubernetes Secret in a pod)")
+
+    @model_validator(mode="after")
+    def _no_password_in_url(self) -> SqlSource:
+        try:
+            password = urlsplit(self.url).password
+        except ValueError:
+            password = None
+        if password:
+            raise ValueError("the URL holds a password, which would be copied into lineage, manifests and logs; "
+                             "remove it from the URL, put it in an environment variable (a Secret on Kubernetes) "
+                             "and name that variable in data.source.password_env")
+        return self
 
 
 class DataSpec(_Strict):
@@ -354,8 +374,13 @@ class ProjectSpec(_Strict):
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s'\"]*:)[^@\s'\"]+@")
+
+
 def _describe(value: Any) -> str:
-    text = repr(value)
+    """What was found, for an error line: shortened, and with any password in a URL masked,
+    since error lines end up in logs."""
+    text = _URL_PASSWORD.sub(r"\1***@", repr(value))
     return text if len(text) <= 60 else text[:57] + "..."
 
 
