@@ -49,11 +49,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import bentoml
-import numpy as np
 from pydantic import BaseModel
 from starlette.responses import Response
 
 from modelcycle import artifacts
+from modelcycle.serving.fastpath import FastPath
 from modelcycle.serving.requests import InvalidRequest, RecordChecker, RecordWarning, parse_records
 
 logger = logging.getLogger(__name__)
@@ -109,6 +109,7 @@ class ModelService:
         if self.model.schema is None:
             raise RuntimeError(f"bento model {stored.tag} has no data schema: it cannot validate requests")
         self.checker = RecordChecker(self.model.schema)
+        self.fast_path = FastPath.start(self.model, what=f"bento model {stored.tag}")
         self.classes = [str(c) for c in self.model.classes] if self.model.classes is not None else None
         self.raw_headers = [(b"x-model", self.name.encode()), (b"x-model-version", self.version.encode())]
 
@@ -122,6 +123,7 @@ class ModelService:
                           ["field", "reason"])
         self.warning_counts = {(w["field"], w["reason"]): counter.labels(w["field"], w["reason"])
                                for w in self.checker.possible_warnings}
+        self.fast_path.publish()
         logger.info("serving model %s version %s (sha256 %s)", self.name, self.version, self.model_sha256)
 
     @bentoml.api(route="/predict", output_spec=Answer)
@@ -139,12 +141,7 @@ class ModelService:
                 zip(predictions, probabilities or [None] * len(predictions), self.checker.warnings(records))]
 
     def _predict(self, records: list[dict[str, Any]]) -> tuple[list[Any], list[dict[str, float]] | None]:
-        frame = self.checker.frame(records)
-        if self.classes is None:
-            return np.asarray(self.model.predict(frame)).tolist(), None
-        proba = self.model.predict_proba(frame)
-        predictions = self.model.decide(proba).tolist()
-        return predictions, [dict(zip(self.classes, row)) for row in proba.tolist()]
+        return self.fast_path.predict(records, self.checker.frame)
 
     def _answer(self, request_id: str, predictions: list[Any], probabilities: list[dict[str, float]] | None,
                 warnings: list[list[RecordWarning]]) -> Response:
