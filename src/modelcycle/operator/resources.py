@@ -42,6 +42,8 @@ MODEL_SERVER_UID = 1034
 GATEWAY_UID = 10001
 """The `modelcycle` user of the modelcycle image (Dockerfile)."""
 PREDICTION_LOG_DIR = "/var/lib/modelcycle/predictions"
+BENTOML_HOME = "/tmp/bentoml"
+"""Where a model server's BentoML writes at start-up: in the pod's /tmp emptyDir."""
 
 APPLIED_HASH = "modelcycle.io/applied-hash"
 CONFIG_HASH = "modelcycle.io/config-hash"
@@ -121,7 +123,9 @@ def model_server(md: Mapping[str, Any], component: Component, side: Mapping[str,
         "name": "model-server",
         "image": side["image"],
         "ports": [{"name": "http", "containerPort": MODEL_PORT, "protocol": "TCP"}],
-        "env": [{"name": "TMPDIR", "value": "/tmp"}],
+        # BentoML writes its home (metrics, sockets) at start-up, and the image BentoML itself
+        # generates puts it under /home/bentoml: on a read-only root it must be in the emptyDir.
+        "env": [{"name": "TMPDIR", "value": "/tmp"}, {"name": "BENTOML_HOME", "value": BENTOML_HOME}],
         # A model is loaded (and its sha256 checked) before /readyz answers; the startup
         # probe gives that up to a minute before liveness may restart the pod.
         "startupProbe": _http_probe("/livez", MODEL_PORT, period=2, failures=30),

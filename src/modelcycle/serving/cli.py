@@ -22,15 +22,25 @@ def serving_commands(app: typer.Typer) -> None:
         registry: RegistryOpt = None,
         wheel: Annotated[Optional[Path], typer.Option(
             help="A modelcycle wheel for the image (default: built from this checkout).")] = None,
+        image: Annotated[bool, typer.Option(
+            "--image", help="Also build the bento's image with Docker or podman (non-root, from uv.lock).")] = False,
+        save: Annotated[Optional[Path], typer.Option(
+            metavar="DIR", help="With --image: also write the image as an OCI archive into DIR.")] = None,
+        base: Annotated[Optional[str], typer.Option(
+            help="With --image: the base image (default: python:3.11-slim if it can be pulled, else a local "
+                 "Debian base).")] = None,
     ) -> None:
         """Build the BentoML bento of a model version: its artifact (sha256 checked), a
-        modelcycle wheel and the generated Dockerfile. Records the bento and image on the version."""
+        modelcycle wheel, its requirements pinned to uv.lock and the generated Dockerfile.
+        Records the bento and image on the version; --image builds the image too."""
         from modelcycle.artifacts import ArtifactIntegrityError
         from modelcycle.registry import RegistryError
         from modelcycle.serving.packaging import PackagingError, package
 
         if "@" not in ref:
             raise _fail(f"{ref!r}: say which version to package, e.g. {ref}@champion or {ref}@3", EXIT_USAGE)
+        if (save or base) and not image:
+            raise _fail("--save and --base are options of the image: add --image", EXIT_USAGE)
         try:
             with console.status(f"packaging {ref}"):
                 bento = package(_registry(registry, workdir), ref, workdir=workdir, wheel=wheel)
@@ -39,9 +49,20 @@ def serving_commands(app: typer.Typer) -> None:
         except (ArtifactIntegrityError, PackagingError, RegistryError) as exc:
             raise _fail(str(exc)) from None
         console.print(f"{'built' if bento.built else 'already built'}: bento [b]{bento.tag}[/]\n"
-                      f"  folder:     {bento.path}\n  Dockerfile: {bento.dockerfile}\n"
-                      f"  image:      {bento.image}  (BENTOML_HOME={Path(workdir).resolve() / 'bentoml'} "
-                      f"bentoml containerize {bento.tag})", soft_wrap=True)
+                      f"  folder:     {bento.path}\n  Dockerfile: {bento.dockerfile}", soft_wrap=True)
+        if not image:
+            console.print(f"  image:      {bento.image}  (modelcycle package {ref} --image)", soft_wrap=True)
+            return
+        from modelcycle.cluster.containers import EngineError
+        from modelcycle.cluster.images import build_bento_image
+
+        try:
+            built = build_bento_image(bento, base=base, save_dir=save,
+                                      say=lambda text: console.print(text, highlight=False, soft_wrap=True))
+        except EngineError as exc:
+            raise _fail(str(exc)) from None
+        console.print(f"  image:      [b]{built.tag}[/] ({built.size_mb:.0f} MB, {built.seconds:.0f} s)"
+                      + (f"\n  archive:    {built.archive}" if built.archive else ""), soft_wrap=True)
 
     @app.command()
     def serve(

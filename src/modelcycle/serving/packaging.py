@@ -5,18 +5,25 @@ store, an entry module that pins the artifact's sha256 (`modelcycle.serving.bent
 any other bytes), a wheel of modelcycle itself, and the Dockerfile BentoML generates from
 them (``env/docker/Dockerfile``), which installs that wheel. `bentoml containerize <tag>`
 turns it into an image on a machine with a container engine; the image name it will have
-is recorded on the model version next to the bento tag (`Registry.annotate`).
+is recorded on the model version next to the bento tag (`Registry.annotate`);
+`modelcycle.cluster.images.build_bento_image` (``modelcycle package --image``) builds it.
+
+The wheel brings only modelcycle's light base dependencies, so the bento also carries the
+packages that serving needs, pinned with their hashes to ``uv.lock`` (the closure of the
+``serving`` extra, which holds neither kfp nor kopf) as ``env/python/requirements.txt``.
+Without a checkout (modelcycle installed from a wheel), the pins are the versions installed
+here.
 
 The wheel is built by hatchling, modelcycle's own build backend and a dependency of its
 serving, called directly: packaging needs neither pip nor uv, so it works in any environment
 that can run modelcycle's serving (a venv made by uv has no pip).
 
-The bento's version is the model version and a digest of the artifact and the code: the
-wheel's sha256 when one is given (``--wheel``), else a digest of the checkout's files that go
-into the wheel (the files hatchling selects, ``pyproject.toml`` and the readme). That digest
-is known without building anything, so packaging the same model with the same code again,
-as `modelcycle serve` does at every start, finds the bento in the store in well under a
-second and changes nothing, while a change to either makes a new bento.
+The bento's version is the model version and a digest of the artifact, the requirements and
+the code: the wheel's sha256 when one is given (``--wheel``), else a digest of the checkout's
+files that go into the wheel (the files hatchling selects, ``pyproject.toml`` and the readme).
+That digest is known without building anything, so packaging the same model with the same
+code again, as `modelcycle serve` does at every start, finds the bento in the store in well
+under a second and changes nothing, while a change to any of them makes a new bento.
 
 BentoML's stores live under ``<workdir>/bentoml`` (its ``BENTOML_HOME``), never in the
 user's home directory. BentoML runs in a child process with that home, so one process can
@@ -33,7 +40,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import tomllib
 from dataclasses import asdict, dataclass
+from importlib import metadata
 from pathlib import Path
 
 from modelcycle import artifacts
@@ -45,6 +54,9 @@ BUILD_TIMEOUT_S = 600.0
 """A bento build copies the artifact and renders templates; minutes mean something hangs."""
 ENTRY_MODULE = "service"
 ENTRY_CLASS = "ModelBento"
+IMAGE_EXTRA = "serving"
+"""The extra a bento installs: the model server's needs, and neither kfp nor kopf."""
+REQUIREMENTS = "requirements.txt"
 
 
 class PackagingError(RuntimeError):
@@ -89,7 +101,8 @@ def package(registry: Registry, ref: str, *, workdir: str | os.PathLike, wheel: 
     data = _verified_artifact(registry, version)
     wheel_path = _given_wheel(wheel) if wheel is not None else None
     code = f"wheel-{_sha256_file(wheel_path)}" if wheel_path else f"source-{source_digest()}"
-    digest = hashlib.sha256(f"{version.sha256}\n{code}".encode()).hexdigest()[:12]
+    requirements = serving_requirements()
+    digest = hashlib.sha256(f"{version.sha256}\n{code}\n{requirements}".encode()).hexdigest()[:12]
     build = {
         "name": name,
         "version": version.version,
@@ -103,6 +116,7 @@ def package(registry: Registry, ref: str, *, workdir: str | os.PathLike, wheel: 
     if result is None:
         with tempfile.TemporaryDirectory(prefix="modelcycle-bento-") as tmp:
             ctx = Path(tmp)
+            (ctx / REQUIREMENTS).write_text(requirements)
             result = _build(ctx, build, wheel_path or build_wheel(ctx / "dist"), data, workdir=workdir)
     registry.annotate(name, version.version, bento=result.tag, image=result.image)
     return result
@@ -217,6 +231,71 @@ def source_digest() -> str:
     return digest.hexdigest()
 
 
+def serving_requirements() -> str:
+    """The bento's requirements: every package of the ``serving`` extra's closure, one
+    ``name==version`` line each with its hashes from ``uv.lock`` (the checkout's), else
+    pinned to the versions installed here."""
+    root = project_root()
+    if root is not None and (root / "uv.lock").is_file():
+        return _locked_requirements(root / "uv.lock", IMAGE_EXTRA)
+    return _installed_requirements(IMAGE_EXTRA)
+
+
+def _locked_requirements(lock_path: Path, extra: str) -> str:
+    from packaging.markers import Marker
+
+    packages: dict[str, dict] = {}
+    for package in tomllib.loads(lock_path.read_text())["package"]:
+        if package["name"] in packages:
+            raise PackagingError(f"{lock_path}: {package['name']} is locked at two versions; "
+                                 "a bento's requirements need one")
+        packages[package["name"]] = package
+    project = packages["modelcycle"]
+    todo = [*project.get("dependencies", []), *project.get("optional-dependencies", {})[extra]]
+    seen: set[tuple[str, str]] = set()
+    while todo:
+        dep = todo.pop()
+        if "marker" in dep and not Marker(dep["marker"]).evaluate({"extra": ""}):
+            continue
+        for wanted in ("", *dep.get("extra", [])):
+            if (dep["name"], wanted) in seen:
+                continue
+            seen.add((dep["name"], wanted))
+            package = packages[dep["name"]]
+            todo += package.get("dependencies", []) if not wanted else package.get("optional-dependencies", {}).get(wanted, [])
+    lines = [f"# The closure of modelcycle[{extra}], pinned to uv.lock. Written by `modelcycle package`."]
+    for name in sorted({name for name, _ in seen}):
+        package = packages[name]
+        files = [*package.get("wheels", []), *([package["sdist"]] if "sdist" in package else [])]
+        hashes = "".join(f" \\\n    --hash={f['hash']}" for f in files if "hash" in f)
+        lines.append(f"{name}=={package['version']}{hashes}")
+    return "\n".join(lines) + "\n"
+
+
+def _installed_requirements(extra: str) -> str:
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    todo = [(Requirement(f"modelcycle[{extra}]"), "")]
+    pins: dict[str, str] = {}
+    seen: set[tuple[str, str]] = set()
+    while todo:
+        requirement, parent_extra = todo.pop()
+        if requirement.marker and not requirement.marker.evaluate({"extra": parent_extra}):
+            continue
+        name = canonicalize_name(requirement.name)
+        for wanted in ("", *requirement.extras):
+            if (name, wanted) in seen:
+                continue
+            seen.add((name, wanted))
+            dist = metadata.distribution(requirement.name)
+            if name != "modelcycle":
+                pins[name] = dist.version
+            todo += [(Requirement(line), wanted) for line in dist.requires or []]
+    lines = [f"# The closure of modelcycle[{extra}], pinned to the versions installed where the bento was built."]
+    return "\n".join(lines + [f"{name}=={version}" for name, version in sorted(pins.items())]) + "\n"
+
+
 def build_wheel(out: Path) -> Path:
     """A wheel of the modelcycle checkout, built by calling hatchling's PEP 517 hook in a child
     process run in the checkout (hatchling builds are reproducible: same code, same bytes)."""
@@ -264,7 +343,7 @@ def _build_in_store(ctx: Path) -> None:
             description=f"Model {build['name']} version {build['version']} (sha256 {build['sha256']}), "
                         "served by modelcycle.",
             models=[build["model_tag"]],
-            python={"wheels": [build["wheel"]], "lock_packages": False},
+            python={"requirements_txt": REQUIREMENTS, "wheels": [build["wheel"]], "lock_packages": False},
             docker={"python_version": "3.11"},
         )
         built = True
