@@ -6,6 +6,8 @@ Exit codes, the same for every command:
   2  bad usage or an invalid spec
   3  the model was trained but failed a gate: it is in the registry as rejected
   4  the data failed validation; nothing was trained or registered
+  5  monitor: the inputs or the model's scores drifted
+  6  monitor: the live performance breaches the goal
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from modelcycle.cluster.cli import cluster_app
 from modelcycle.serving.cli import serving_commands
 
 EXIT_FAILURE, EXIT_USAGE, EXIT_REJECTED, EXIT_INVALID_DATA = 1, 2, 3, 4
+EXIT_DRIFT, EXIT_PERFORMANCE = 5, 6
 DEFAULT_WORKDIR = Path(".modelcycle")
 EXAMPLE_DIR = Path(__file__).resolve().parents[2] / "examples" / "fraud"
 
@@ -510,6 +513,128 @@ def shadow_report(
         raise typer.Exit(EXIT_REJECTED)
 
 
+@app.command()
+def monitor(
+    ref: Annotated[str, typer.Argument(help="The model version: name, name@version or name@alias.")],
+    data: Annotated[Optional[Path], typer.Option("--data", help="New data to check: CSV, Parquet or JSON lines; with "
+                                                 "the target column, the live metrics too.")] = None,
+    log_dir: Annotated[Optional[Path], typer.Option("--log-dir", help="The gateway's prediction log folder.")] = None,
+    window: Annotated[Optional[str], typer.Option(help="Span of the log to check, ending now (1h, 24h, 7d); "
+                                                  "by default the spec's monitoring.window.")] = None,
+    spec: Annotated[Optional[Path], typer.Option("--spec", "-s", help="Take the monitoring section from this spec "
+                                                 "rather than the one the version was evaluated with.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the HTML report.")] = Path("monitor-report.html"),
+    result_path: Annotated[Path, typer.Option("--result", help="Where to write the JSON result.")] = Path(
+        "monitor-result.json"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    workdir: WorkdirOpt = DEFAULT_WORKDIR,
+    registry: RegistryOpt = None,
+) -> None:
+    """Check a model version's live data against its reference profile: drift of every input
+    column and of the model's scores, data quality, and the live metrics where labels are known.
+    Writes a JSON result and an HTML report.
+
+    Exit code 0 when all is well, 5 on drift, 6 when the live performance breaches the goal."""
+    import time
+
+    from pydantic import ValidationError
+
+    from modelcycle.artifacts import write_atomic
+    from modelcycle.monitoring.monitors import log_window, monitor_log
+    from modelcycle.monitoring.predictions import LogFormatError, read_prediction_log
+    from modelcycle.monitoring.profiles import ReferenceProfile
+    from modelcycle.monitoring.reports import render_monitoring_report
+    from modelcycle.registry import RegistryError, parse_model_ref
+
+    if (data is None) == (log_dir is None):
+        raise _fail("give one of --data FILE or --log-dir DIR", EXIT_USAGE)
+    try:
+        name, version_ref = parse_model_ref(ref)
+        reg = _registry(registry, workdir)
+        version = reg.get(name, version_ref)
+        stored = reg.profile(name, version.version)
+    except (RegistryError, KeyError, ValueError) as exc:
+        raise _fail(str(exc.args[0] if exc.args else exc), EXIT_USAGE) from None
+    if stored is None:
+        raise _fail(f"{name}@{version.version} has no reference profile (it was registered before evaluation stored "
+                    "one); register a new version with `modelcycle run`", EXIT_USAGE)
+    profile = ReferenceProfile.model_validate(stored)
+    settings = _spec(spec).monitoring if spec else profile.monitoring
+    if window:
+        try:
+            settings = settings.model_validate({**settings.model_dump(), "window": window})
+        except ValidationError:
+            raise _fail(f"--window: expected a duration such as 30m, 24h or 7d, found {window!r}", EXIT_USAGE) from None
+    try:
+        if data is not None:
+            current, scores, result = _monitor_data(data, profile, settings, reg, name, version.version)
+        else:
+            if not log_dir.is_dir():
+                raise _fail(f"--log-dir: {log_dir} is not a prediction log folder", EXIT_USAGE)
+            end = time.time()
+            cut = log_window(profile, read_prediction_log(log_dir), start=end - settings.window_seconds, end=end)
+            current, scores = cut.current, cut.scores
+            result = monitor_log(profile, cut, settings=settings, source=str(log_dir))
+    except (ValueError, LogFormatError) as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    if data is not None:
+        result = result.model_copy(update={"model": name, "version": str(version.version)})
+    write_atomic(result_path, result.model_dump_json(indent=2).encode())
+    render_monitoring_report(result, profile, current, out, scores=scores)
+    if as_json:
+        console.print_json(result.model_dump_json())
+    else:
+        _print_monitoring(result)
+        console.print(f"result: {result_path}\nreport: {out}", soft_wrap=True)
+    if result.verdict != "ok":
+        raise typer.Exit(EXIT_PERFORMANCE if result.verdict == "performance" else EXIT_DRIFT)
+
+
+def _monitor_data(path: Path, profile, settings, reg, name: str, number: int):
+    """(current frame, scores, result) of `monitor --data`: the version's model scores the rows."""
+    from modelcycle.data import DataError, read_source
+    from modelcycle.monitoring.monitors import monitor_frame, scores_of
+    from modelcycle.spec import DataSpec
+
+    try:
+        frame = read_source(DataSpec(source=str(path.resolve()), target=profile.target))
+    except DataError as exc:
+        raise ValueError(f"--data: {exc}") from None
+    model = reg.load(name, number)
+    result = monitor_frame(profile, frame, model=model, settings=settings, source=str(path))
+    scores = None
+    if len(frame):
+        proba = model.predict_proba(frame)
+        predictions = model.decide(proba) if proba is not None else model.predict(frame)
+        scores = scores_of(profile, predictions=predictions.tolist(), probabilities=None if proba is None else [
+            dict(zip(profile.classes or [], row, strict=True)) for row in proba.tolist()])
+    return frame, scores, result
+
+
+def _print_monitoring(result) -> None:
+    from rich.markup import escape
+
+    color = {"ok": "green", "drift": "yellow", "performance": "red"}[result.verdict]
+    console.print(f"verdict [{color}]{result.verdict}[/] on {result.rows:,} rows of {escape(result.source)}",
+                  highlight=False)
+    for reason in result.reasons:
+        console.print(f"  - {escape(reason)}", highlight=False)
+    table = Table("column", "test", "score", "threshold", "drift", "why", box=None)
+    columns = list(result.drift.columns) + ([result.drift.prediction] if result.drift.prediction else [])
+    for c in columns:
+        label = c.column if c is not result.drift.prediction else "(model score)"
+        why = c.reason if c.stattest_kind == "p_value" else ""  # a distance's reason repeats the columns
+        table.add_row(escape(label), c.stattest, f"{c.score:.4g}", f"{c.threshold:g}",
+                      "[red]drifted[/]" if c.drifted else "no", escape(why))
+    console.print(table)
+    if result.performance:
+        for metric in result.performance.metrics:
+            mark = {"pass": "[green]pass[/]", "fail": "[red]fail[/]"}.get(metric.outcome, "[yellow]inconclusive[/]")
+            console.print(f"  {mark} {escape(metric.message)}", highlight=False)
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+
+
 serving_commands(app)
 
 
@@ -525,6 +650,108 @@ def md(ctx: typer.Context) -> None:
     from modelcycle.operator.cli import md_app
 
     md_app(args=ctx.args, prog_name="modelcycle md")
+
+
+@app.command()
+def predict(
+    ref: Annotated[str, typer.Argument(help="The model version: name, name@version or name@alias.")],
+    input_: Annotated[str, typer.Option("--input", "-i", help="CSV, Parquet or JSON lines at a path or fsspec URL; "
+                                        "with --query, a SQLAlchemy URL.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Where the predictions go, a path or fsspec URL "
+                                        "ending .parquet, .csv or .jsonl.")],
+    query: Annotated[Optional[str], typer.Option("--query", help="Read the input with this SQL query.")] = None,
+    password_env: Annotated[Optional[str], typer.Option("--password-env", help="With --query: the environment "
+                                                        "variable holding the database password (never in the URL).")] = None,
+    rejects: Annotated[Optional[str], typer.Option("--rejects", help="Where rejected records go (JSON lines) "
+                                                   "[default: next to the output, NAME.rejects.jsonl].")] = None,
+    chunk_rows: Annotated[int, typer.Option("--chunk-rows", min=1, help="Rows read and predicted at a time; "
+                                            "memory follows it.")] = 100_000,
+    engine: Annotated[str, typer.Option("--engine", help="sklearn, or onnx: the version's parity-checked "
+                                        "ONNX export.")] = "sklearn",
+    workdir: WorkdirOpt = DEFAULT_WORKDIR,
+    registry: RegistryOpt = None,
+) -> None:
+    """Predict every record of a file or query with a model version, in chunks. Records that break
+    the model's data schema are not predicted: they go to the rejects file with the reason per field.
+    A rerun over the same input and output resumes where it stopped and never duplicates rows.
+
+    Exit code 0 when every record was predicted, 4 when some were rejected."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from modelcycle.batch import predict_batch
+    from modelcycle.data import DataError
+    from modelcycle.registry import RegistryError, parse_model_ref
+    from modelcycle.spec import SqlSource
+
+    if engine not in ("sklearn", "onnx"):
+        raise _fail(f"--engine: expected sklearn or onnx, found {engine!r}", EXIT_USAGE)
+    name, version_ref = parse_model_ref(ref)
+    try:
+        source = SqlSource(url=input_, query=query, password_env=password_env) if query else input_
+    except ValueError as exc:  # pydantic's ValidationError: a password in the URL, a bad variable name
+        messages = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+        raise _fail(f"--input: {messages}", EXIT_USAGE) from None
+    progress = Progress(TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"),
+                        TimeElapsedColumn(), console=err, disable=not err.is_terminal, transient=True)
+    with progress:
+        task = progress.add_task("rows", total=None)
+        try:
+            result = predict_batch(_registry(registry, workdir), name, version_ref, source=source, output=output,
+                                   rejects=rejects, chunk_rows=chunk_rows, engine=engine,
+                                   on_chunk=lambda done, total: progress.update(task, completed=done, total=total))
+        except (DataError, RegistryError, KeyError) as exc:
+            raise _fail(str(exc.args[0] if exc.args else exc), EXIT_USAGE) from None
+    resumed = f", {result.resumed_chunks} of {result.chunks} chunks resumed" if result.resumed_chunks else ""
+    console.print(f"{result.predicted:,} of {result.rows:,} records predicted with {name} ({result.engine}) "
+                  f"into {result.output} in {result.seconds:.1f}s{resumed}", soft_wrap=True, highlight=False)
+    if result.rejected:
+        console.print(f"{result.rejected:,} rejected: {result.rejects}", soft_wrap=True, highlight=False)
+        raise typer.Exit(EXIT_INVALID_DATA)
+
+
+@app.command()
+def export(
+    ref: Annotated[str, typer.Argument(help="The model version: name@version or name@alias.")],
+    format_: Annotated[str, typer.Option("--format", help="The export format: onnx.")] = "onnx",
+    out: Annotated[Path, typer.Option("--out", "-o", help="The folder to write into.")] = Path("export"),
+    spec: Annotated[Path, typer.Option("--spec", "-s", help="The spec the version was trained with (to rebuild its "
+                                       "test split).")] = Path("modelcycle.yaml"),
+    data: Annotated[Optional[Path], typer.Option("--data", help="Check parity on these rows (CSV, Parquet or JSON "
+                                                 "lines) instead of the version's test split.")] = None,
+    tolerance: Annotated[float, typer.Option(help="The largest probability difference allowed.")] = 1e-4,
+    workdir: WorkdirOpt = DEFAULT_WORKDIR,
+    registry: RegistryOpt = None,
+) -> None:
+    """Export a model version as one ONNX file, preprocessing included, that runs on ONNX Runtime
+    without scikit-learn or pandas; with its sha256, its data schema and a loader (numpy and
+    onnxruntime only). Parity with the scikit-learn pipeline is checked on the version's test split
+    first, and the export is recorded on the version.
+
+    Exit code 0 when exported, 3 when refused (a step cannot be converted, or parity fails)."""
+    if format_ != "onnx":
+        raise _fail(f"--format: only onnx is supported, found {format_!r}", EXIT_USAGE)
+    from modelcycle.data import DataError, DataStore, read_source
+    from modelcycle.export import ExportRefused, export_onnx, test_split
+    from modelcycle.registry import RegistryError, parse_model_ref
+    from modelcycle.spec import DataSpec
+
+    name, version_ref = parse_model_ref(ref)
+    reg = _registry(registry, workdir)
+    try:
+        if data is not None:
+            test = read_source(DataSpec(source=str(data.resolve()), target="(none: only the features are read)"))
+        else:
+            test = test_split(reg, name, version_ref, spec=_spec(spec), store=DataStore(workdir / "data"))
+        result = export_onnx(reg, name, version_ref, test=test, out_dir=out, tolerance=tolerance)
+    except ExportRefused as exc:
+        raise _fail(f"export refused: {exc}", EXIT_REJECTED) from None
+    except (DataError, RegistryError, KeyError) as exc:
+        raise _fail(str(exc.args[0] if exc.args else exc), EXIT_USAGE) from None
+    console.print(f"wrote {result.path} ({result.size_bytes / 1e3:.0f} kB, sha256 {result.sha256})", soft_wrap=True,
+                  highlight=False)
+    console.print(f"parity on {result.parity.rows:,} rows: largest difference {result.parity.max_difference:.3g} "
+                  f"(tolerance {result.parity.tolerance:g})", highlight=False)
+    console.print(f"loader: {result.loader}; schema: {result.schema}", soft_wrap=True, highlight=False)
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -87,6 +87,10 @@ class Evaluation(BaseModel):
     latency: Latency
     artifact_bytes: int
     gates: list[Gate]
+    profile: dict | None = None
+    """The reference profile of the data the model was fitted on, with its test scores, as
+    JSON (`modelcycle.monitoring.profiles.ReferenceProfile`): what drift checks compare with.
+    Set by the evaluate phase; kept as JSON because monitoring comes after evaluation."""
 
     @property
     def passed(self) -> bool:

@@ -30,6 +30,7 @@ from modelcycle.spec import ProjectSpec
 
 if TYPE_CHECKING:
     from modelcycle.evaluation import Evaluation
+    from modelcycle.monitoring.profiles import ReferenceProfile
     from modelcycle.registry import ModelVersion, Registry
     from modelcycle.training import CandidateRun, Splits, TrainedModel
     from modelcycle.validation import DataSchema, ValidationReport
@@ -122,9 +123,29 @@ def evaluate_phase(spec: ProjectSpec, frame: pd.DataFrame, runs: list[CandidateR
     evaluation = evaluate_model(model, spec, validation=splits.validation, test=splits.test,
                                 out_of_time=splits.out_of_time, artifact_bytes=len(artifacts.dumps(model)),
                                 threshold_model=held_out)
-    evaluation = evaluation.model_copy(update={"candidates": scores, "selection": why, "fit_rows": len(development)})
+    profile = reference_profile(spec, model, development=development, test=splits.test, evaluation=evaluation)
+    evaluation = evaluation.model_copy(update={"candidates": scores, "selection": why, "fit_rows": len(development),
+                                               "profile": profile.model_dump(mode="json")})
     sha, size = artifacts.save(model, artifact_path)
     return Selection(model=model, evaluation=evaluation, splits=splits, sha256=sha, size_bytes=size)
+
+
+def reference_profile(spec: ProjectSpec, model: TrainedModel, *, development: pd.DataFrame, test: pd.DataFrame,
+                      evaluation: Evaluation) -> ReferenceProfile:
+    """The profile drift checks compare live data with: the input columns of the rows the model
+    was fitted on, its scores on the test split, the test metrics, the goal and the spec's
+    monitoring section. Datetime columns are left out: time always moves on."""
+    from modelcycle.monitoring.profiles import build_profile
+
+    proba = model.predict_proba(test)
+    return build_profile(
+        development, numeric=[f.name for f in spec.features.numeric],
+        categorical=[f.name for f in spec.features.categorical], task=spec.task, target=spec.data.target,
+        classes=model.classes, threshold=evaluation.threshold, probabilities=proba,
+        predictions=model.decide(proba) if proba is not None else model.predict(test),
+        test_metrics=evaluation.sets["test"].metrics, goal=[spec.goal.primary, *spec.goal.secondary],
+        monitoring=spec.monitoring,
+    )
 
 
 def report_html(spec: ProjectSpec, selection: Selection, *, data_version: str) -> str:
@@ -135,7 +156,8 @@ def report_html(spec: ProjectSpec, selection: Selection, *, data_version: str) -
 
 def register_phase(spec: ProjectSpec, *, registry: Registry, model: TrainedModel, evaluation: Evaluation,
                    data_version: str, schema: DataSchema, run_id: str | None = None,
-                   report: str | None = None, data_uri: str | None = None) -> ModelVersion:
+                   report: str | None = None, data_uri: str | None = None,
+                   artifact: bytes | None = None) -> ModelVersion:
     """Record the selected model with its lineage; a model that passed every gate becomes the
     champion if there is none yet, the challenger otherwise.
 
@@ -160,7 +182,7 @@ def register_phase(spec: ProjectSpec, *, registry: Registry, model: TrainedModel
         metrics["threshold"] = evaluation.threshold
     version = registry.register(
         spec.name,
-        model,
+        model if artifact is None else artifact,  # the evaluated bytes themselves, when the caller has them
         lineage={
             "data_version": data_version,
             "data_uri": data_uri,
@@ -177,6 +199,7 @@ def register_phase(spec: ProjectSpec, *, registry: Registry, model: TrainedModel
         gates=[g.model_dump() for g in evaluation.gates],
         candidates=evaluation.candidates,
         selection=evaluation.selection,
+        profile=evaluation.profile,
     )
     if evaluation.passed:
         registry.set_alias(spec.name, "challenger" if champion else "champion", version.version)

@@ -77,6 +77,8 @@ ALIAS_RULE = ("1-63 characters: lowercase letters, digits and '-', starting with
 _NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 _ALIAS = re.compile(r"[a-z]([a-z0-9-]{0,61}[a-z0-9])?")
 MANIFEST, ARTIFACT, CLAIM, ALIASES = "version.json", "model.joblib", ".claim", "aliases.json"
+PROFILE = "profile.json"
+"""The reference profile of a version (`modelcycle.monitoring.profiles`), when evaluation made one."""
 
 
 class RegistryError(Exception):
@@ -235,18 +237,31 @@ class Registry:
         except artifacts.ArtifactIntegrityError as exc:
             raise ArtifactIntegrityError(str(exc)) from None
 
+    def profile(self, name: str, ref: str | int = "latest") -> dict[str, Any] | None:
+        """The reference profile stored with a version, as JSON; None for a version without one."""
+        version = self.get(name, ref)
+        try:
+            return json.loads(self.fs.cat_file(f"{self._dir(name, version.version)}/{PROFILE}"))
+        except FileNotFoundError:
+            return None
+
     # -- writing ---------------------------------------------------------------------------
 
-    def register(self, name: str, model: object, *, lineage: Lineage | dict, params: dict, metrics: dict,
+    def register(self, name: str, model: object | bytes, *, lineage: Lineage | dict, params: dict, metrics: dict,
                  status: Status = "registered", gates: Iterable[Gate | dict] = (),
-                 candidates: Iterable[CandidateScore | dict] = (), selection: str = "") -> ModelVersion:
+                 candidates: Iterable[CandidateScore | dict] = (), selection: str = "",
+                 profile: dict[str, Any] | None = None) -> ModelVersion:
         """Store `model` as the next version of `name` and return that version.
 
         Everything is validated before anything is written. A `registered` version must have
         passed all its gates: a model that failed one is stored with status `rejected`.
+        `profile`, the reference profile drift checks compare live data with, is stored next
+        to the manifest (`PROFILE`) and read back with `profile`.
         """
         check_name(name)
-        data = artifacts.dumps(model)
+        # Bytes are the artifact as evaluation saved and checked it, stored as they are, so that
+        # the registered sha256 is that of the bytes evaluated; an object is pickled here.
+        data = model if isinstance(model, bytes) else artifacts.dumps(model)
         try:
             draft = ModelVersion(
                 name=name, version=0, created_at=datetime.now(UTC), sha256=hashlib.sha256(data).hexdigest(),
@@ -266,6 +281,8 @@ class Registry:
         number = self._claim(name)
         folder = self._dir(name, number)
         self._write(f"{folder}/{ARTIFACT}", data)
+        if profile is not None:
+            self._write(f"{folder}/{PROFILE}", json.dumps(profile, separators=(",", ":")).encode())
         uri = self.fs.unstrip_protocol(f"{folder}/{ARTIFACT}")
         version = draft.model_copy(update={"version": number, "artifact_uri": uri})
         self._write(f"{folder}/{MANIFEST}", version.model_dump_json(indent=2, exclude={"aliases"}).encode())

@@ -161,15 +161,16 @@ def register(
     from modelcycle.validation import DataSchema
 
     spec = spec_from_text(spec_yaml)
-    model = artifacts.load(best_model.path, sha256=best_model.metadata["sha256"])
+    with open(best_model.path, "rb") as fh:
+        artifact = fh.read()
+    model = artifacts.loads(artifact, sha256=best_model.metadata["sha256"], what=f"the selected model {best_model.uri}")
     with open(evaluation.path) as fh:
         ev = Evaluation.model_validate_json(fh.read())
     with open(schema.path) as fh:
         data_schema = DataSchema.model_validate_json(fh.read())
     version = register_phase(spec, registry=Registry(registry_uri), model=model, evaluation=ev,
                              data_version=data.metadata["version"], data_uri=data.metadata.get("uri"),
-                             schema=data_schema, run_id=run_id,
-                             report=report.uri)
+                             schema=data_schema, run_id=run_id, report=report.uri, artifact=artifact)
     print(f"registered {version.name}@{version.version} as {version.status}, aliases {version.aliases}")
     return f"{version.name}@{version.version}"
 

@@ -18,7 +18,13 @@ second entry when it arrives. ``POST /feedback`` adds the true label of a reques
 `compare_shadow` over the log, recomputed at most every `comparison_ttl_s` seconds, in a
 worker process of its own (`compare_followed_log`): it parses only what was appended since
 its last look, and its pandas and statistics never hold this process's GIL while requests
-wait. ``GET /docs`` (and ``/docs.json``) is the serving contract (`modelcycle.serving.contract`):
+wait. Given production's reference profile (``--reference-profile``), ``GET /metrics`` also
+exports the monitoring figures of `monitor_followed_log` over the profile's window, computed
+in the same worker: per-column drift scores and flags (``modelcycle_drift_*``), data set and
+prediction drift, missing rates, and the live goal metrics on the labelled rows with their
+intervals (``modelcycle_live_*``). The request path only adds production's score to the
+``modelcycle_prediction_score`` histogram; no metric is labelled by request. ``GET /docs``
+(and ``/docs.json``) is the serving contract (`modelcycle.serving.contract`):
 every route with an example request and answer, and what a record's warnings mean. Production's
 answers, warnings included, reach the client unchanged.
 
@@ -34,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import hashlib
 import json
 import logging
@@ -46,7 +53,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from aiohttp import web
 from prometheus_client import (
@@ -67,6 +74,9 @@ from modelcycle.monitoring.predictions import (
 from modelcycle.monitoring.shadow import ShadowComparison, ShadowPolicy, compare_followed_log
 from modelcycle.serving.contract import contract_document, render_html
 from modelcycle.serving.upstream import Upstream, UpstreamError
+
+if TYPE_CHECKING:
+    from modelcycle.monitoring.monitors import MonitoringResult
 
 __all__ = ["GATEWAY", "Gateway", "GatewayConfig", "create_app", "in_mirror_sample", "main"]
 
@@ -116,6 +126,13 @@ class GatewayConfig(BaseModel):
     """Segment rotation and flushing of the prediction log."""
     policy: ShadowPolicy = ShadowPolicy()
     """What the shadow must show to be promoted."""
+    reference_profile: Path | None = None
+    """The reference profile of production's version (``profile.json`` in the registry); with
+    it ``/metrics`` exports drift, data quality and live performance over the profile's
+    monitoring window, and a histogram of production's scores."""
+    monitoring_ttl_s: Annotated[float, Field(ge=0)] = 30.0
+    """Seconds a computed monitoring result is reused; like the comparison, it is computed in
+    the worker process, in time linear in the window's requests."""
 
     @field_validator("production_url", "shadow_url")
     @classmethod
@@ -189,6 +206,82 @@ class GatewayMetrics:
         )
         self.production_latency = self.latency.labels("production")
         self.shadow_latency = self.latency.labels("shadow")
+        self.drift_score = Gauge(
+            "modelcycle_drift_score", "Drift test score of an input column over the monitoring window: a p-value "
+            "for ks, chisquare and z, a distance for wasserstein, jensenshannon and psi.",
+            ["column", "stattest"], registry=self.registry,
+        )
+        self.drift_detected = Gauge(
+            "modelcycle_drift_detected", "1 when an input column drifted over the monitoring window, else 0.",
+            ["column"], registry=self.registry,
+        )
+        self.drift_share = Gauge(
+            "modelcycle_drift_share", "Share of input columns that drifted.", registry=self.registry
+        )
+        self.dataset_drift = Gauge(
+            "modelcycle_dataset_drift", "1 when the share of drifted input columns reaches the spec's drift_share.",
+            registry=self.registry,
+        )
+        self.prediction_drift_score = Gauge(
+            "modelcycle_prediction_drift_score", "Drift test score of production's scores against the test split's.",
+            ["stattest"], registry=self.registry,
+        )
+        self.prediction_drift = Gauge(
+            "modelcycle_prediction_drift_detected", "1 when production's scores drifted, else 0.",
+            registry=self.registry,
+        )
+        self.live_metric = Gauge(
+            "modelcycle_live_metric", "A goal metric on the labelled rows of the window; absent without labels.",
+            ["metric"], registry=self.registry,
+        )
+        self.live_metric_bound = Gauge(
+            "modelcycle_live_metric_bound", "Bootstrap interval bounds of modelcycle_live_metric.",
+            ["metric", "bound"], registry=self.registry,
+        )
+        self.labelled_rows = Gauge(
+            "modelcycle_live_labelled_rows", "Labelled prediction rows in the monitoring window.",
+            registry=self.registry,
+        )
+        self.window_rows = Gauge(
+            "modelcycle_monitoring_window_rows", "Prediction rows in the monitoring window.", registry=self.registry
+        )
+        self.missing_rate = Gauge(
+            "modelcycle_live_missing_rate", "Share of missing values of an input column over the window.",
+            ["column"], registry=self.registry,
+        )
+        self.score: Histogram | None = None
+
+    def track_scores(self, buckets: Sequence[float]) -> None:
+        """Add the histogram of production's scores, with `buckets` as upper bounds."""
+        self.score = Histogram(
+            "modelcycle_prediction_score", "Production's score per prediction row: the positive class's "
+            "probability, or the predicted value of a regression.", registry=self.registry, buckets=buckets,
+        )
+
+    def show_monitoring(self, result: MonitoringResult) -> None:
+        """Set the monitoring gauges from a result; a metric without labelled rows is absent."""
+        self.drift_score.clear()
+        for column in result.drift.columns:
+            self.drift_score.labels(column.column, column.stattest).set(column.score)
+            self.drift_detected.labels(column.column).set(1 if column.drifted else 0)
+        self.drift_share.set(result.drift.drift_share)
+        self.dataset_drift.set(1 if result.drift.dataset_drift else 0)
+        self.prediction_drift_score.clear()
+        prediction = result.drift.prediction
+        if prediction is not None:
+            self.prediction_drift_score.labels(prediction.stattest).set(prediction.score)
+        self.prediction_drift.set(1 if prediction is not None and prediction.drifted else 0)
+        performance = result.performance
+        self.labelled_rows.set(performance.labelled_rows if performance else 0)
+        self.live_metric.clear()
+        self.live_metric_bound.clear()
+        for metric in performance.metrics if performance else []:
+            self.live_metric.labels(metric.metric).set(metric.value)
+            self.live_metric_bound.labels(metric.metric, "low").set(metric.low)
+            self.live_metric_bound.labels(metric.metric, "high").set(metric.high)
+        self.window_rows.set(result.rows)
+        for column in result.quality.columns:
+            self.missing_rate.labels(column.column).set(column.missing_rate)
 
     def show(self, comparison: ShadowComparison) -> None:
         """Set the shadow gauges from a comparison; a figure with no data yet reads NaN."""
@@ -223,6 +316,12 @@ class Gateway:
         self._comparison: tuple[float, ShadowComparison] | None = None
         self._comparison_lock = asyncio.Lock()
         self._comparer: ProcessPoolExecutor | None = None
+        self._monitoring: tuple[float, MonitoringResult] | None = None
+        self._monitoring_lock = asyncio.Lock()
+        self._positive_class: str | None = None
+        """The class whose probability is production's score, for a binary classifier."""
+        if config.reference_profile is not None:
+            self._track_scores(config.reference_profile)
 
     async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
         """aiohttp cleanup context: open the log and start the mirror workers; on shutdown
@@ -292,11 +391,13 @@ class Gateway:
         finally:
             self._count_production(answer.status)
             self.metrics.production_latency.observe(latency)
+            production = _answer(answer.body, answer.status, latency)
             self.log.write_request(
-                request_id=request_id, records=_records(body),
-                production=_answer(answer.body, answer.status, latency),
+                request_id=request_id, records=_records(body), production=production,
                 mirrored=mirrored, shadow_reason=shadow_reason,
             )
+            if self.metrics.score is not None:
+                self._observe_scores(production)
         return response
 
     async def feedback(self, request: web.Request) -> web.StreamResponse:
@@ -328,6 +429,11 @@ class Gateway:
                 await self.comparison()
             except Exception:
                 logger.exception("cannot compute the shadow comparison for /metrics")
+        if self.config.reference_profile is not None:
+            try:
+                await self.monitoring()
+            except Exception:
+                logger.exception("cannot compute the monitoring result for /metrics")
         page = generate_latest(self.metrics.registry)
         return web.Response(body=page, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -361,6 +467,58 @@ class Gateway:
             self._comparison = (now, comparison)
             self.metrics.show(comparison)
             return comparison
+
+    async def monitoring(self) -> MonitoringResult:
+        """Drift, data quality and live performance over the log's recent window, recomputed in
+        the worker process when older than `monitoring_ttl_s`."""
+        from modelcycle.monitoring.monitors import monitor_followed_log
+
+        assert self.config.reference_profile is not None
+        async with self._monitoring_lock:
+            now = time.monotonic()
+            if self._monitoring and now - self._monitoring[0] < self.config.monitoring_ttl_s:
+                return self._monitoring[1]
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, self.log.flush)
+            if self._comparer is None:
+                self._comparer = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            try:
+                result = await loop.run_in_executor(
+                    self._comparer,
+                    partial(monitor_followed_log, self.config.log_dir, self.config.reference_profile),
+                )
+            except BrokenProcessPool:
+                self._comparer = None
+                raise
+            self._monitoring = (now, result)
+            self.metrics.show_monitoring(result)
+            return result
+
+    def _track_scores(self, path: Path) -> None:
+        """Read the profile's score distribution for the histogram's buckets: twentieths of
+        a probability, or the reference's deciles of a regression's predictions. A multiclass
+        model's score is its predicted class, which a histogram cannot hold."""
+        document = json.loads(Path(path).read_bytes())
+        kind = document.get("score_kind")
+        if kind == "positive_class_probability":
+            self._positive_class = document["classes"][1]
+            self.metrics.track_scores([round(0.05 * n, 2) for n in range(1, 21)])
+        elif kind == "prediction":
+            edges, cdf = document["scores"].get("edges") or [0.0], document["scores"].get("cdf") or [1.0]
+            deciles = {edges[min(bisect.bisect_left(cdf, q / 10), len(edges) - 1)] for q in range(1, 10)}
+            self.metrics.track_scores(sorted(deciles))
+
+    def _observe_scores(self, production: UpstreamAnswer) -> None:
+        histogram = self.metrics.score
+        assert histogram is not None
+        if self._positive_class is not None:
+            for probabilities in production.get("probabilities") or []:
+                if isinstance(probabilities, dict) and isinstance(probabilities.get(self._positive_class), int | float):
+                    histogram.observe(probabilities[self._positive_class])
+        else:
+            for prediction in production.get("predictions") or []:
+                if isinstance(prediction, int | float) and not isinstance(prediction, bool):
+                    histogram.observe(prediction)
 
     def _mirror(self, request_id: str, body: bytes, content_type: str) -> tuple[bool, str]:
         """Queue a mirror when the id is in the sample; (mirrored, shadow_reason for the log)."""
@@ -594,6 +752,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--min-agreement", type=float, default=policy.min_agreement)
     parser.add_argument("--max-latency-ratio", type=float, default=policy.max_latency_ratio)
     parser.add_argument("--max-error-rate", type=float, default=policy.max_error_rate)
+    parser.add_argument("--reference-profile", type=Path,
+                        help="production's reference profile (profile.json): export drift and live metrics")
+    parser.add_argument("--monitoring-ttl", type=float, default=defaults["monitoring_ttl_s"], help="s")
     args = parser.parse_args(argv)
     try:
         config = GatewayConfig(
@@ -617,6 +778,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 max_latency_ratio=args.max_latency_ratio,
                 max_error_rate=args.max_error_rate,
             ),
+            reference_profile=args.reference_profile,
+            monitoring_ttl_s=args.monitoring_ttl,
         )
     except ValidationError as exc:
         parser.error(str(exc))
