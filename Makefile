@@ -39,7 +39,10 @@ images: venv
 demo: venv
 	$(VENV)/bin/modelcycle demo
 
+# The tests run a real Prometheus (scraping the gateway) and a real PostgreSQL (a SQL source
+# with a password): Debian's packages, installed with apt when missing.
 test: venv k8s-bins images
+	tools/debian-packages.sh prometheus postgresql
 	$(PY) -m pytest
 
 bench: venv

@@ -3,10 +3,12 @@
 The peer is the single image every part used before the dependencies were split into
 extras: the same Dockerfile with every extra (`EXTRAS=--all-extras`), which is what the
 modelcycle and the operator image both were. Printed: size and build time of each, cold
-(no layer of it cached, measured with `--no-cache`) and warm (nothing changed: the layer
-cache answers), and the cost of the local Debian base where no registry is reachable.
+(`--no-cache`: no layer reused; the package downloads stay in the build's uv cache mount,
+so a machine's very first build also pays the downloads) and warm (nothing changed: the
+layer cache answers), and the cost of the local Debian base where no registry is reachable.
+Run it from a checkout nobody edits meanwhile: a changed pyproject or src invalidates layers.
 
-    .venv/bin/python bench/images.py            # ~15 min on 2 cores: three cold builds
+    .venv/bin/python bench/images.py            # ~9 min on 2 cores: three cold builds
 """
 
 import json

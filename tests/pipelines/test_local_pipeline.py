@@ -7,6 +7,7 @@ training and leaves the registry as it was. Apart from those, a project started 
 on a hard data set passes the gates that init proposed.
 """
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -78,6 +79,9 @@ def test_1_passing_model_becomes_champion(workspace):
     assert "candidate</b>" not in (Path(v.lineage.report).read_text())
     assert v.params["algorithm"] in {"logistic_regression", "random_forest", "hist_gradient_boosting"}
     assert {"test.roc_auc", "out_of_time.roc_auc", "threshold"} <= set(v.metrics)
+    # The registry holds the very bytes evaluation saved and checked, not a second pickle of them.
+    (evaluated,) = (workspace / ".modelcycle" / "runs").glob("*/artifacts/*/evaluate/best_model")
+    assert v.sha256 == hashlib.sha256(evaluated.read_bytes()).hexdigest()
     model = registry.load("fraud", "champion")
     frame = __import__("pandas").read_parquet(workspace / "data" / "transactions.parquet").head(50)
     assert len(model.predict(frame)) == 50

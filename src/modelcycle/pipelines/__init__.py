@@ -88,6 +88,31 @@ class LocalRun:
     seconds: float
 
 
+def _run_container(client, image: str, command: list[str], volumes: dict, **run_args) -> int:
+    """kfp.local's `run_docker_container` (kfp 2.17) without its two faults: it starts the
+    container with auto_remove, so a task that exits quickly can be removed while its logs
+    are read (podman then answers 500, not 404, and the run fails), and a container gone
+    before its exit code is read counts as a success. Here the container is removed only
+    after its exit code is in hand."""
+    from kfp.local import docker_task_handler
+
+    container = client.containers.run(image=docker_task_handler.add_latest_tag_if_not_present(image),
+                                      command=command, detach=True, stdout=True, stderr=True, volumes=volumes,
+                                      **run_args)
+    try:
+        for line in container.logs(stream=True, follow=True):
+            print(line.decode(errors="replace"), end="")
+        return int(container.wait()["StatusCode"])
+    finally:
+        container.remove(force=True)
+
+
+def _use_container_runner_without_races() -> None:
+    from kfp.local import docker_task_handler
+
+    docker_task_handler.run_docker_container = _run_container
+
+
 def run_local(spec_path: str | Path, *, workdir: str | Path = ".modelcycle", registry_uri: str | None = None,
               store_uri: str | None = None, runner: object | None = None) -> LocalRun:
     """Run the training pipeline here with kfp.local; raise RuntimeError naming the failed task.
@@ -114,6 +139,8 @@ def run_local(spec_path: str | Path, *, workdir: str | Path = ".modelcycle", reg
         root.mkdir()
         if runner is not None and not isinstance(runner, local.SubprocessRunner):
             root.chmod(0o1777)  # bind-mounted into containers that write as the image's own user
+        if isinstance(runner, local.DockerRunner):
+            _use_container_runner_without_races()
         local.init(runner=runner or local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*non-Python base image.*")
