@@ -27,6 +27,7 @@ flushes the prediction log, then the model servers; whatever ignores SIGTERM get
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -40,6 +41,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from modelcycle.artifacts import write_atomic
 from modelcycle.registry import ModelNotFound, ModelVersion, Registry, parse_model_ref
 from modelcycle.serving.packaging import BENTOML_DIR, PackagedBento, bentoml_env, bentoml_home, package
 
@@ -251,6 +253,12 @@ class LocalServing:
                    "--mirror-percent", str(self.mirror_percent if self.shadow_version else 0)]
         if self.shadow_version is not None:
             command += ["--shadow-url", self.servers[1].url]
+        profile = self.registry.profile(self.production_version.name, self.production_version.version)
+        if profile is not None:  # the gateway then exports drift and live metrics against it
+            path = log_dir.parent / f"{log_dir.name}.reference-profile.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, json.dumps(profile).encode())
+            command += ["--reference-profile", str(path)]
         gateway = start_process("gateway", command, url=f"http://{self.host}:{self.port}",
                                 log=self.workdir / "serve" / "gateway.log")
         self.servers.append(gateway)
