@@ -13,8 +13,10 @@ Rows printed, with p50, p99 and throughput:
 - HTTP echo: uvicorn with a bare ASGI app that returns the body (the HTTP floor);
 - naive bento: a BentoML service that builds a DataFrame per request, one row per call,
   no batching (the peer);
-- our bento: ``/predict`` (one model call per request) and ``/predict_batch`` (adaptive
-  batching merges concurrent requests into one model call);
+- our bento: ``/predict`` (one model call per request, through the ONNX fast path when its
+  parity check passes) and ``/predict_batch`` (adaptive batching merges concurrent requests
+  into one model call); the same bento with the fast path off (``MODELCYCLE_FAST_PATH=0``):
+  every request through the scikit-learn pipeline, as before the fast path;
 - our bento ``/predict`` while a second bento (the shadow) takes the same load from another
   client: the work 100% mirroring adds to the machine, without a gateway;
 - the gateway in front of our bento, mirroring off, and mirroring 100% to that second bento;
@@ -25,7 +27,8 @@ The second bento is started the way `modelcycle serve` starts a shadow: at nice 
 where the two share cores production keeps the CPU.
 
 Targets, printed next to the figures: single-row p50 at most 1.5x (compute floor + HTTP
-floor); batched throughput at least 5x the naive bento's; the gateway adds at most 1 ms to
+floor); the fast path's /predict p50 at least 5x below the scikit-learn path's and 6x below
+the naive bento's; batched throughput at least 5x the naive bento's; the gateway adds at most 1 ms to
 p50 and keeps at least 0.9x the throughput of ``/predict`` without it. With mirroring on,
 it is compared both with our bento alone and with our bento next to a loaded shadow: on a
 machine where the shadow shares production's cores, the shadow's own compute is the larger
@@ -362,8 +365,10 @@ def run(workdir: Path, *, duration_s: float, concurrency: int) -> None:
                       env=naive_env, cwd=workdir / "naive")
         ours = serve_bento(bento, role="production", workdir=workdir)
         shadow = serve_bento(bento, role="shadow", workdir=workdir)
-        servers.extend([ours, shadow])
-        for server in (echo, naive, ours, shadow):
+        with _environment(MODELCYCLE_FAST_PATH="0"):  # the same bento answering through scikit-learn
+            sklearn_path = serve_bento(bento, role="sklearn-path", workdir=workdir, niceness=0)
+        servers.extend([ours, shadow, sklearn_path])
+        for server in (echo, naive, ours, shadow, sklearn_path):
             wait_ready(server, path="/" if server is echo else "/readyz")
         gateway = [sys.executable, "-m", "modelcycle.serving.gateway", "--production-url", ours.url]
         gateway_off = start("gateway-off", [*gateway, "--mirror-percent", "0", "--log-dir", str(workdir / "log-off")])
@@ -376,6 +381,7 @@ def run(workdir: Path, *, duration_s: float, concurrency: int) -> None:
             ("HTTP echo (HTTP floor)", echo.url + "/", single, None),
             ("naive bento (peer)", naive.url + "/predict", naive_bodies, None),
             ("our bento /predict", ours.url + "/predict", single, None),
+            ("our bento /predict, scikit-learn path", sklearn_path.url + "/predict", single, None),
             ("our bento /predict_batch", ours.url + "/predict_batch", single, None),
             ("gateway, mirroring off", gateway_off.url + "/predict", single, None),
             ("our bento /predict, shadow loaded too", ours.url + "/predict", single, shadow.url + "/predict"),
@@ -422,6 +428,23 @@ def run(workdir: Path, *, duration_s: float, concurrency: int) -> None:
     report(results, concurrency=concurrency)
 
 
+@contextlib.contextmanager
+def _environment(**values: str):
+    """Set environment variables for the servers started inside, then restore them."""
+    import os
+
+    before = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def _shadow_answers(log_dir: Path) -> dict:
     """How many of the mirrored requests the shadow answered, from the gateway's log."""
     from modelcycle.monitoring.predictions import read_prediction_log
@@ -450,6 +473,11 @@ def report(results: dict[str, dict], *, concurrency: int) -> None:
     floors = compute["p50_ms"] + echo["p50_ms"]
     print(f"  single-row p50 <= 1.5 x (compute floor + HTTP floor): {ours['p50_ms']:.2f} ms vs 1.5 x {floors:.2f} = "
           f"{1.5 * floors:.2f} ms ({ours['p50_ms'] / floors:.2f}x)  {_verdict(ours['p50_ms'] <= 1.5 * floors)}")
+    slow = get("our bento /predict, scikit-learn path")
+    print(f"  fast path: /predict p50 {ours['p50_ms']:.2f} ms vs {slow['p50_ms']:.2f} ms through scikit-learn = "
+          f"{slow['p50_ms'] / ours['p50_ms']:.1f}x lower (>= 5x)  {_verdict(slow['p50_ms'] >= 5 * ours['p50_ms'])}; "
+          f"vs the naive bento {naive['p50_ms']:.2f} ms = {naive['p50_ms'] / ours['p50_ms']:.1f}x lower (>= 6x)  "
+          f"{_verdict(naive['p50_ms'] >= 6 * ours['p50_ms'])}")
     ratio = batch["throughput"]["rps"] / naive["throughput"]["rps"]
     print(f"  batched throughput >= 5 x naive bento: {batch['throughput']['rps']:.0f} vs {naive['throughput']['rps']:.0f} "
           f"req/s ({ratio:.1f}x)  {_verdict(ratio >= 5)}")
