@@ -19,6 +19,12 @@ sha256, chunk size, timestamp). A rerun over the same input and output skips the
 already done; when all are, the parts are streamed into the output, which replaces any
 earlier one whole, and the staging folder goes. So an interrupted run resumes, a finished
 one rerun replaces its output, and no row is ever written twice.
+
+Summary. A finished run writes one line of JSON next to the output (``NAME.summary.json``:
+rows, predicted, rejected, seconds, the version, when it finished), for whatever reads the
+output next. When `SUMMARY_ENV` names a local file, the same line goes there too: the
+operator's scheduled batch sets it to the container's termination-message file, so the
+kubelet puts the figures in the pod's status, where the operator reads them.
 """
 
 from __future__ import annotations
@@ -51,6 +57,8 @@ DEFAULT_CHUNK_ROWS = 100_000
 """Rows per chunk: about 100 MB of working memory for the fraud example's ten columns."""
 Format = Literal["csv", "parquet", "jsonl"]
 Engine = Literal["sklearn", "onnx"]
+SUMMARY_ENV = "MODELCYCLE_BATCH_SUMMARY"
+"""Names a local file that also receives the run's summary line (see the module)."""
 
 
 class Predictor(Protocol):
@@ -367,9 +375,23 @@ def predict_batch(registry: Registry, name: str, ref: str | int, *, source: str 
     elif fs.exists(rejects_path):
         fs.rm(rejects_path)
     fs.rm(staging, recursive=True)
-    return BatchResult(rows=rows, predicted=predicted, rejected=rejected, output=output, rejects=rejects,
-                       chunks=chunks, resumed_chunks=resumed, seconds=time.perf_counter() - started,
-                       engine=predictor.engine)
+    result = BatchResult(rows=rows, predicted=predicted, rejected=rejected, output=output, rejects=rejects,
+                         chunks=chunks, resumed_chunks=resumed, seconds=time.perf_counter() - started,
+                         engine=predictor.engine)
+    _write_summary(result, fs=fs, path=_summary_path(out_path), model=name, version=str(version.version))
+    return result
+
+
+def _write_summary(result: BatchResult, *, fs, path: str, model: str, version: str) -> None:
+    """The run's figures as one line of JSON, next to the output and at `$MODELCYCLE_BATCH_SUMMARY`."""
+    line = json.dumps({"model": model, "version": version, "rows": result.rows, "predicted": result.predicted,
+                       "rejected": result.rejected, "seconds": round(result.seconds, 3),
+                       "finishedAt": datetime.now(UTC).isoformat(timespec="seconds")}) + "\n"
+    artifacts.write_object(fs, path, line.encode())
+    local = os.environ.get(SUMMARY_ENV)
+    if local:
+        with open(local, "w", encoding="utf-8") as fh:
+            fh.write(line)
 
 
 def _predict_chunk(chunk: pd.DataFrame, *, first_row: int, model: TrainedModel, predictor: Predictor,
@@ -413,10 +435,17 @@ def _empty(fmt: Format, id_column: str | None, classes: list[str] | None) -> byt
 
 
 def _rejects_url(output: str) -> str:
-    base = output
+    return f"{_base(output)}.rejects.jsonl"
+
+
+def _summary_path(output: str) -> str:
+    return f"{_base(output)}.summary.json"
+
+
+def _base(output: str) -> str:
     for suffix in (".gz", ".parquet", ".pq", ".jsonl", ".ndjson", ".json", ".csv"):
-        base = base.removesuffix(suffix)
-    return f"{base}.rejects.jsonl"
+        output = output.removesuffix(suffix)
+    return output
 
 
 def _read_json(fs, path: str) -> dict | None:

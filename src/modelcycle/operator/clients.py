@@ -39,6 +39,7 @@ _KINDS = {
     ("apps/v1", "Deployment"): "/apis/apps/v1/namespaces/{namespace}/deployments",
     ("v1", "Service"): "/api/v1/namespaces/{namespace}/services",
     ("v1", "ConfigMap"): "/api/v1/namespaces/{namespace}/configmaps",
+    ("batch/v1", "CronJob"): "/apis/batch/v1/namespaces/{namespace}/cronjobs",
 }
 
 

@@ -2,7 +2,7 @@
 
 - ModelDeployments: every event hands the body to the `Reconciler`, which wakes that
   object's loop (`reconciling`).
-- Deployments, Services and ConfigMaps labelled `app.kubernetes.io/managed-by:
+- Deployments, Services, ConfigMaps and CronJobs labelled `app.kubernetes.io/managed-by:
   modelcycle-operator` (the selector is sent to the API server, so nothing else is
   watched): kopf keeps a summary of each in an index keyed by owner, and every event wakes
   the owner's loop. kopf runs no handler before every index is filled from the initial
@@ -25,7 +25,10 @@ from modelcycle.operator.reconciling import Key, Reconciler
 from modelcycle.operator.settings import GROUP, MANAGED_BY, PLURAL, VERSION, OperatorSettings
 
 CHILD_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY}"
-CHILD_KINDS = (("apps", "v1", "deployments"), ("v1", "services"), ("v1", "configmaps"))
+CHILD_KINDS = (("apps", "v1", "deployments"), ("v1", "services"), ("v1", "configmaps"), ("batch", "v1", "cronjobs"))
+BATCH_POD_SELECTOR = f"{CHILD_SELECTOR},app.kubernetes.io/component=batch"
+BATCH_POD_LABELS = {"app.kubernetes.io/managed-by": MANAGED_BY, "app.kubernetes.io/component": "batch"}
+INDEXES = ("child_deployments", "child_services", "child_configmaps", "child_cronjobs", "batch_pods")
 
 
 @kopf.on.startup()
@@ -33,6 +36,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     operator = OperatorSettings.from_env()
     for kind in CHILD_KINDS:
         settings.watching.label_selectors[kind] = CHILD_SELECTOR
+    settings.watching.label_selectors[("v1", "pods")] = BATCH_POD_SELECTOR
     # No watching of CRDs and namespaces for changes: the served namespaces are named, and
     # the CRD is installed before the operator (the chart's crds/). This spares the RBAC
     # any cluster-wide read of namespaces and CRDs.
@@ -79,6 +83,16 @@ def child_configmaps(namespace: str | None, labels: kopf.Labels, body: kopf.Body
     return _summary(namespace, labels, body)
 
 
+@kopf.index("batch", "v1", "cronjobs", labels={"app.kubernetes.io/managed-by": MANAGED_BY})
+def child_cronjobs(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
+    return _summary(namespace, labels, body)
+
+
+@kopf.index("v1", "pods", labels=BATCH_POD_LABELS)
+def batch_pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
+    return _summary(namespace, labels, body)
+
+
 def _children(memo: kopf.Memo, key: Key) -> list[statuses.Summary]:
     found: list[statuses.Summary] = []
     for index in memo.indexes.values():
@@ -89,7 +103,7 @@ def _children(memo: kopf.Memo, key: Key) -> list[statuses.Summary]:
 def _remember_indexes(memo: kopf.Memo, kwargs: dict[str, Any]) -> None:
     # kopf gives each object a shallow copy of the memo: fill the shared dict in place.
     if not memo.indexes:
-        memo.indexes.update({name: kwargs[name] for name in ("child_deployments", "child_services", "child_configmaps")})
+        memo.indexes.update({name: kwargs[name] for name in INDEXES})
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
@@ -101,6 +115,8 @@ async def model_deployment_changed(type: str | None, body: kopf.Body, memo: kopf
 @kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": MANAGED_BY})
 @kopf.on.event("v1", "services", labels={"app.kubernetes.io/managed-by": MANAGED_BY})
 @kopf.on.event("v1", "configmaps", labels={"app.kubernetes.io/managed-by": MANAGED_BY})
+@kopf.on.event("batch", "v1", "cronjobs", labels={"app.kubernetes.io/managed-by": MANAGED_BY})
+@kopf.on.event("v1", "pods", labels=BATCH_POD_LABELS)
 async def child_changed(type: str | None, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     _remember_indexes(memo, kwargs)
     memo.reconciler.child_changed(type, body)

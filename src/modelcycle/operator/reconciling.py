@@ -8,8 +8,8 @@ the whole current state (the latest body, the indexed children) and converges:
    child carries, and delete children the spec no longer asks for (a removed shadow);
 2. while a shadow is ready, read the gateway's shadow comparison and decide: promote or
    remove the shadow by editing the spec (`promotion`), or wait;
-3. post the Events of new promotion and rollback records, and write the status if it
-   differs from the one the object has.
+3. post the Events of new promotion and rollback records and of a finished batch run,
+   and write the status if it differs from the one the object has.
 
 Nothing depends on which event woke the loop or on what happened before a restart: a
 killed operator re-reads everything when it starts, and the same state gives the same
@@ -164,7 +164,10 @@ class Reconciler:
         if md is None or md["metadata"].get("deletionTimestamp"):
             return None
         namespace, name = key
-        children = {(child["kind"], child["name"]): child for child in self._children(key)}
+        found = list(self._children(key))
+        # Batch pods are the CronJob's runs, not children the operator applies: they only feed the status.
+        runs = [child for child in found if child["kind"] == "Pod"]
+        children = {(child["kind"], child["name"]): child for child in found if child["kind"] != "Pod"}
 
         desired = resources.desired_children(md, gateway_image=self.settings.gateway_image)
         wanted = {(m["kind"], m["metadata"]["name"]): resources.applied_hash(m) or "" for m in desired}
@@ -174,7 +177,7 @@ class Reconciler:
         children.update(await self._apply(md, state, desired, children))
         for kind, child in children:
             if (kind, child) not in wanted:
-                api_version = "apps/v1" if kind == "Deployment" else "v1"
+                api_version = {"Deployment": "apps/v1", "CronJob": "batch/v1"}.get(kind, "v1")
                 await self.client.delete(api_version, kind, namespace, child)
                 state.applied.pop((kind, child), None)
                 logger.info("%s/%s: deleted %s %s, which the spec no longer asks for", namespace, name, kind, child)
@@ -190,7 +193,9 @@ class Reconciler:
         self._post_records(md, state)
         status = statuses.build_status(
             md, children=children, wanted_hashes=wanted, comparison=state.comparison, verdict=verdict, now=now,
+            runs=runs,
         )
+        self._post_batch_run(md, status)
         await self._write_status(md, state, status)
         return requeue
 
@@ -314,6 +319,20 @@ class Reconciler:
                 poster(md, reason=reason, message=f"version {record.from_} -> {record.to}: {record.reason}")
                 logger.info("%s/%s: %s %s -> %s: %s", md["metadata"]["namespace"], md["metadata"]["name"],
                             reason.lower(), record.from_, record.to, record.reason)
+
+    def _post_batch_run(self, md: dict[str, Any], status: Mapping[str, Any]) -> None:
+        """An Event when `status.batch.lastRun` is about a run the status did not show yet."""
+        run = (status.get("batch") or {}).get("lastRun")
+        known = ((md.get("status") or {}).get("batch") or {}).get("lastRun") or {}
+        if not run or (known.get("pod"), known.get("finishedAt"), known.get("exitCode")) == (
+                run["pod"], run["finishedAt"], run["exitCode"]):
+            return
+        if "rows" in run:
+            message = (f"job {run['job']}: {run['predicted']:,} of {run['rows']:,} records predicted, "
+                       f"{run['rejected']:,} rejected, in {run.get('durationSeconds', 0):.1f}s")
+        else:
+            message = f"job {run['job']} exited with code {run['exitCode']}: {run['message'][-300:]}"
+        (kopf.info if run["succeeded"] else kopf.warn)(md, reason="BatchRun", message=message)
 
     async def _report_failure(self, state: _State, error: Exception) -> None:
         """Show a failed pass in the Ready condition and an Event, once per distinct error,

@@ -9,7 +9,12 @@ A ModelDeployment named `fraud` owns:
   clients call. The gateway's arguments are `$(VAR)` references to the ConfigMap's keys,
   and its pod template carries a hash of the ConfigMap, so a change of routing rolls the
   gateway: the new pod starts with an empty prediction log, so a comparison never mixes
-  two shadows.
+  two shadows;
+- `fraud-batch`: a CronJob, only while `spec.batch` exists, whose Jobs run `modelcycle
+  predict` in the modelcycle image over `spec.batch.input` into `spec.batch.output`. Its
+  container writes the run's summary (one line of JSON: rows, rejected, seconds) to its
+  termination message, so the figures reach the pod's status without the operator reading
+  any file; when the run fails before that, the tail of its log stands in.
 
 Every child carries a controller owner reference to the ModelDeployment (the garbage
 collector deletes it with its owner; no finalizer is needed) and the `app.kubernetes.io/*`
@@ -30,7 +35,7 @@ from typing import Any, Literal
 
 from modelcycle.operator.settings import GROUP, KIND, MANAGED_BY, VERSION
 
-Component = Literal["production", "shadow", "gateway"]
+Component = Literal["production", "shadow", "gateway", "batch"]
 Manifest = dict[str, Any]
 
 MODEL_PORT = 3000
@@ -50,12 +55,26 @@ CONFIG_HASH = "modelcycle.io/config-hash"
 OWNER_LABEL = "modelcycle.io/deployment"
 """Names the owning ModelDeployment on every child; the operator's caches key on it."""
 
+BATCH_CONTAINER = "predict"
+TERMINATION_LOG = "/dev/termination-log"
+BATCH_SUMMARY_ENV = "MODELCYCLE_BATCH_SUMMARY"
+"""`modelcycle.batch.SUMMARY_ENV`, spelled out: the operator's image has no scientific stack to import it from."""
+EXIT_REJECTED = 4
+"""`modelcycle predict`'s exit code when records were rejected: the run is done, so its Job
+fails at once instead of being retried over the same records."""
+
 DEFAULT_RESOURCES: dict[str, dict[str, str]] = {
     "requests": {"cpu": "100m", "memory": "256Mi"},
     "limits": {"memory": "1Gi"},
 }
 """A model server's resources unless the spec says otherwise: a small model fits, and the
 memory limit keeps a leaking one from taking the node."""
+BATCH_RESOURCES: dict[str, dict[str, str]] = {
+    "requests": {"cpu": "500m", "memory": "512Mi"},
+    "limits": {"memory": "2Gi"},
+}
+"""A batch run's resources unless the spec says otherwise: chunks of 100,000 rows of the
+example peak at about 460 MB (README, Batch and embedded)."""
 GATEWAY_RESOURCES: dict[str, dict[str, str]] = {
     "requests": {"cpu": "100m", "memory": "256Mi"},
     "limits": {"memory": "1536Mi"},
@@ -73,7 +92,8 @@ def labels(md: Mapping[str, Any], component: Component, version: str | None = No
     """The standard labels of one child, plus the owner's name for the operator's caches."""
     name = md["metadata"]["name"]
     result = {
-        "app.kubernetes.io/name": "modelcycle-gateway" if component == "gateway" else "modelcycle-model-server",
+        "app.kubernetes.io/name": {"gateway": "modelcycle-gateway", "batch": "modelcycle-batch"}.get(
+            component, "modelcycle-model-server"),
         "app.kubernetes.io/instance": name,
         "app.kubernetes.io/component": component,
         "app.kubernetes.io/part-of": "modelcycle",
@@ -112,6 +132,8 @@ def desired_children(md: Mapping[str, Any], *, gateway_image: str) -> list[Manif
     ]
     if spec.get("shadow"):
         children += model_server(md, "shadow", spec["shadow"])
+    if spec.get("batch"):
+        children.append(batch(md, image=gateway_image))
     return [_with_hash(child) for child in children]
 
 
@@ -218,6 +240,75 @@ def gateway(md: Mapping[str, Any], *, gateway_image: str) -> list[Manifest]:
     return [config_map, deployment, _service(md, "gateway", name=name, port=GATEWAY_PORT, version=None)]
 
 
+def batch_command(md: Mapping[str, Any]) -> list[str]:
+    """The `modelcycle predict` command a scheduled run executes."""
+    spec, run = md["spec"], md["spec"]["batch"]
+    version = run.get("version", spec["production"]["version"])
+    command = ["modelcycle", "predict", f"{spec['model']}@{version}", "--input", run["input"],
+               "--output", run["output"], "--registry", run["registry"]]
+    if run.get("chunkRows"):
+        command += ["--chunk-rows", str(int(run["chunkRows"]))]
+    return command
+
+
+def batch(md: Mapping[str, Any], *, image: str) -> Manifest:
+    """The CronJob of `spec.batch`. `kubectl create job --from=cronjob/NAME-batch` runs it once."""
+    run = md["spec"]["batch"]
+    name = child_name(md["metadata"]["name"], "batch")
+    container: Manifest = {
+        "name": BATCH_CONTAINER,
+        "image": image,
+        "command": batch_command(md),
+        "env": [
+            {"name": "TMPDIR", "value": "/tmp"},
+            {"name": "HOME", "value": "/tmp"},
+            {"name": BATCH_SUMMARY_ENV, "value": TERMINATION_LOG},
+        ],
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "resources": _resources(run.get("resources"), BATCH_RESOURCES),
+        "securityContext": _container_security(),
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+    if run.get("secretName"):  # credentials (AWS_*) by reference: their values never enter the resource
+        container["envFrom"] = [{"secretRef": {"name": run["secretName"]}}]
+    pod_labels = labels(md, "batch")
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": _metadata(md, "batch", name=name),
+        "spec": {
+            "schedule": run["schedule"],
+            "suspend": bool(run.get("suspend", False)),
+            # A run replaces its output whole; two at once would race for it.
+            "concurrencyPolicy": "Forbid",
+            "successfulJobsHistoryLimit": 3,
+            "failedJobsHistoryLimit": 3,
+            "jobTemplate": {
+                "metadata": {"labels": pod_labels},
+                "spec": {
+                    "backoffLimit": 2,
+                    "podFailurePolicy": {"rules": [{
+                        "action": "FailJob",
+                        "onExitCodes": {"containerName": BATCH_CONTAINER, "operator": "In", "values": [EXIT_REJECTED]},
+                    }]},
+                    "template": {
+                        "metadata": {"labels": pod_labels},
+                        "spec": {
+                            "restartPolicy": "Never",
+                            "automountServiceAccountToken": False,
+                            "enableServiceLinks": False,
+                            "securityContext": _pod_security(GATEWAY_UID),
+                            "containers": [container],
+                            "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}],
+                        },
+                    },
+                },
+            },
+        },
+    }
+
+
 def _deployment(
     md: Mapping[str, Any],
     component: Component,
@@ -249,13 +340,7 @@ def _deployment(
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
                     "terminationGracePeriodSeconds": grace_period,
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "runAsUser": uid,
-                        "runAsGroup": uid,
-                        "fsGroup": uid,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
+                    "securityContext": _pod_security(uid),
                     "containers": [container],
                     "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}, *(extra_volumes or [])],
                 },
@@ -296,6 +381,16 @@ def _http_probe(path: str, port: int, *, period: int, failures: int) -> Manifest
     }
 
 
+def _pod_security(uid: int) -> Manifest:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": uid,
+        "runAsGroup": uid,
+        "fsGroup": uid,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
 def _container_security() -> Manifest:
     return {
         "allowPrivilegeEscalation": False,
@@ -331,10 +426,12 @@ def applied_hash(obj: Mapping[str, Any]) -> str | None:
 
 __all__ = [
     "APPLIED_HASH",
+    "BATCH_CONTAINER",
     "GATEWAY_PORT",
     "MODEL_PORT",
     "OWNER_LABEL",
     "applied_hash",
+    "batch_command",
     "child_name",
     "desired_children",
     "gateway_config",

@@ -65,7 +65,8 @@ class OperatorSettings:
 
     gateway_image: str = "modelcycle/modelcycle-python:0.1.0"
     """`MODELCYCLE_GATEWAY_IMAGE`: the modelcycle image (the repository's Dockerfile), which
-    runs the gateway as `python -m modelcycle.serving.gateway`."""
+    runs the gateway as `python -m modelcycle.serving.gateway` and a scheduled batch
+    (`spec.batch`) as `modelcycle predict`."""
 
     comparison_interval_s: float = 10.0
     """`MODELCYCLE_COMPARISON_INTERVAL`: seconds between two reads of the gateway's shadow

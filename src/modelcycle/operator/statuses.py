@@ -7,6 +7,13 @@ for the current spec (its applied-hash) and its rollout is complete, the test
 `kubectl rollout status` makes: the controller saw the latest generation, every replica
 is updated and available, and no old replica is left.
 
+With `spec.batch`, `status.batch` says whether the schedule is suspended and what the last
+finished run did (`lastRun`): from the most recently finished pod of the CronJob's Jobs,
+its exit code and the summary line `modelcycle predict` wrote to its termination message
+(rows, predicted, rejected, seconds), or, when the run failed before writing it, the tail
+of its log that Kubernetes put there instead. The last run stays in status after its Job
+is gone.
+
 `lastTransitionTime` changes only when a condition's status does, so writing the same
 status again is a no-op the operator can skip. These are plain functions: no API access.
 """
@@ -14,11 +21,12 @@ status again is a no-op the operator can skip. These are plain functions: no API
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+import json
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from modelcycle.operator.promotion import LAST_PROMOTION, LAST_ROLLBACK, ChangeRecord, read_record
-from modelcycle.operator.resources import APPLIED_HASH, child_name
+from modelcycle.operator.resources import APPLIED_HASH, BATCH_CONTAINER, child_name
 
 Summary = dict[str, Any]
 """What the operator's cache keeps of a child (`summarize`)."""
@@ -43,7 +51,60 @@ def summarize(body: Mapping[str, Any]) -> Summary:
             readyReplicas=status.get("readyReplicas", 0),
             availableReplicas=status.get("availableReplicas", 0),
         )
+    elif body.get("kind") == "Pod":
+        summary.update(job=(meta.get("labels") or {}).get("job-name"), **_terminated(body))
     return summary
+
+
+def _terminated(pod: Mapping[str, Any]) -> dict[str, Any]:
+    """The batch container's end: exit code, times and termination message; {} while it runs."""
+    for item in (pod.get("status") or {}).get("containerStatuses") or []:
+        terminated = (item.get("state") or {}).get("terminated")
+        if item.get("name") == BATCH_CONTAINER and terminated:
+            return {"exitCode": terminated.get("exitCode"), "startedAt": terminated.get("startedAt"),
+                    "finishedAt": terminated.get("finishedAt"), "message": terminated.get("message") or ""}
+    return {}
+
+
+def last_run(runs: Iterable[Summary]) -> dict[str, Any] | None:
+    """`status.batch.lastRun` from the latest finished batch pod, or None if none has finished."""
+    finished = [run for run in runs if run.get("finishedAt")]
+    if not finished:
+        return None
+    run = max(finished, key=lambda r: (r["finishedAt"], r["name"]))
+    result: dict[str, Any] = {"job": run.get("job") or run["name"], "pod": run["name"],
+                              "exitCode": run["exitCode"], "finishedAt": run["finishedAt"],
+                              "succeeded": run["exitCode"] == 0}
+    try:
+        summary = json.loads(run["message"])
+    except ValueError:
+        summary = None
+    # The message is the container's to write: only figures of the expected types reach the status.
+    if isinstance(summary, dict) and all(_count(summary.get(key)) for key in ("rows", "predicted", "rejected")):
+        result.update({key: summary[key] for key in ("rows", "predicted", "rejected")})
+        if isinstance(summary.get("version"), str):
+            result["version"] = summary["version"]
+        if isinstance(summary.get("seconds"), int | float) and not isinstance(summary["seconds"], bool):
+            result["durationSeconds"] = summary["seconds"]
+    else:
+        # No summary: the run failed before the end; Kubernetes put its log's tail there instead.
+        result["message"] = run["message"].strip()[-1000:] or f"exited with code {run['exitCode']} and no message"
+        started = _time(run.get("startedAt"))
+        ended = _time(run["finishedAt"])
+        if started and ended:
+            result["durationSeconds"] = (ended - started).total_seconds()
+    return result
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _time(value: str | None) -> dt.datetime | None:
+    try:
+        return dt.datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+    except ValueError:
+        return None
 
 
 def rollout(deployment: Summary | None, wanted_hash: str | None) -> tuple[bool, str, str]:
@@ -106,6 +167,7 @@ def build_status(
     comparison: Mapping[str, Any] | None,
     verdict: tuple[str, str, str] | None,
     now: dt.datetime,
+    runs: Iterable[Summary] = (),
 ) -> dict[str, Any]:
     """The whole status. `verdict` is (status, reason, message) of ShadowVerdict while a
     shadow exists; `comparison` the summary to keep (the previous one if None)."""
@@ -177,6 +239,15 @@ def build_status(
         status["comparison"] = dict(comparison)
     elif old.get("comparison"):
         status["comparison"] = old["comparison"]
+    batch = spec.get("batch")
+    if batch:
+        status["batch"] = {"schedule": batch["schedule"], "suspended": bool(batch.get("suspend", False))}
+        latest = last_run(runs)
+        kept = (old.get("batch") or {}).get("lastRun")
+        if latest is None or (kept and kept.get("finishedAt", "") > latest["finishedAt"]):
+            latest = kept
+        if latest:
+            status["batch"]["lastRun"] = latest
     for field, annotation in (("lastPromotion", LAST_PROMOTION), ("lastRollback", LAST_ROLLBACK)):
         record = read_record(md, annotation)
         if record is not None:
