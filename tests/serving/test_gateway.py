@@ -189,11 +189,15 @@ async def test_production_answers_pass_through_unchanged(upstreams: dict[str, st
             assert via_gateway[0] == direct[0] == 200
             assert via_gateway[1] == direct[1]
             assert via_gateway[2]["X-Request-ID"] == request_id
+            assert len(via_gateway[2]["X-Gateway-Request-ID"]) == 32
 
         status, payload, headers = await _post(session, url, _record(1))
         generated = headers["X-Request-ID"]
         assert status == 200 and len(generated) == 32 and int(generated, 16) >= 0
         assert json.loads(payload)["request_id"] == generated
+    log = read_prediction_log(tmp_path)
+    assert set(log["client_request_id"].dropna()) == {f"pass-{i}" for i in range(20)}
+    assert log["request_id"].nunique() == 21 and not set(log["request_id"]) & set(log["client_request_id"])
 
 
 async def test_a_request_id_that_is_not_visible_ascii_is_refused(upstreams: dict[str, str], tmp_path: Path) -> None:
@@ -298,28 +302,27 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
-async def test_mirror_sample_is_chosen_by_request_id(upstreams: dict[str, str], tmp_path: Path) -> None:
+async def test_mirror_sample_is_chosen_by_the_gateways_own_id(upstreams: dict[str, str], tmp_path: Path) -> None:
     ids = [f"sample-{uuid.uuid4().hex}" for _ in range(60)]
-    in_sample = {i for i in ids if in_mirror_sample(i, percent=30)}
-    assert 0 < len(in_sample) < len(ids)
     assert 0.27 < sum(in_mirror_sample(str(n), percent=30) for n in range(20_000)) / 20_000 < 0.33
-    assert in_sample <= {i for i in ids if in_mirror_sample(i, percent=60)}
+    assert all(in_mirror_sample(str(n), percent=60) for n in range(2000) if in_mirror_sample(str(n), percent=30))
 
+    config = GatewayConfig(
+        production_url=upstreams["production"], shadow_url=upstreams["shadow"], mirror_percent=30, log_dir=tmp_path,
+    )
     async with aiohttp.ClientSession() as session:
-        for run in ("first", "second"):
-            config = GatewayConfig(
-                production_url=upstreams["production"], shadow_url=upstreams["shadow"],
-                mirror_percent=30, log_dir=tmp_path / run,
-            )
-            async with running_gateway(config) as (url, _):
-                for n, request_id in enumerate(ids):
-                    assert (await _post(session, url, _record(n), request_id))[0] == 200
-            log = read_prediction_log(tmp_path / run)
-            assert set(log.loc[log["mirrored"], "request_id"]) == in_sample
-            assert set(log.loc[log["shadow_status"] == 200, "request_id"]) == in_sample
+        async with running_gateway(config) as (url, _):
+            for n, request_id in enumerate(ids):
+                assert (await _post(session, url, _record(n), request_id))[0] == 200
         async with session.get(f"{upstreams['shadow']}/seen") as answer:
             reached_shadow = [i for i in await answer.json() if i in set(ids)]
-    assert Counter(reached_shadow) == {request_id: 2 for request_id in in_sample}
+    log = read_prediction_log(tmp_path)
+    in_sample = {i for i in log["request_id"] if in_mirror_sample(i, percent=30)}
+    assert 0 < len(in_sample) < len(ids), "the sample is the gateway's ids' hash, whatever the client's ids"
+    assert set(log.loc[log["mirrored"], "request_id"]) == in_sample
+    assert set(log.loc[log["shadow_status"] == 200, "request_id"]) == in_sample
+    mirrored_client_ids = log.loc[log["mirrored"], "client_request_id"]
+    assert Counter(reached_shadow) == {request_id: 1 for request_id in mirrored_client_ids}
 
 
 async def test_after_sigterm_every_mirrored_request_is_logged_with_both_predictions(
@@ -335,7 +338,6 @@ async def test_after_sigterm_every_mirrored_request_is_logged_with_both_predicti
         stderr=subprocess.PIPE, text=True,
     )
     ids = [f"term-{n}" for n in range(40)]
-    in_sample = {i for i in ids if in_mirror_sample(i, percent=60)}
     try:
         async with aiohttp.ClientSession() as session:
             deadline = time.monotonic() + 20
@@ -358,9 +360,10 @@ async def test_after_sigterm_every_mirrored_request_is_logged_with_both_predicti
             process.kill()
     assert process.returncode == 0, stderr
 
-    assert answered_before < len(in_sample), "the mirrors should still be in flight at SIGTERM"
     log = read_prediction_log(tmp_path)
-    assert sorted(log["request_id"]) == sorted(ids)
+    in_sample = {i for i in log["request_id"] if in_mirror_sample(i, percent=60)}
+    assert answered_before < len(in_sample), "the mirrors should still be in flight at SIGTERM"
+    assert sorted(log["client_request_id"]) == sorted(ids)
     assert (log["production_version"] == "1").all() and log["production_prediction"].notna().all()
     mirrored = log[log["mirrored"]]
     assert set(mirrored["request_id"]) == in_sample, "another process must sample the same ids"
@@ -388,7 +391,7 @@ async def test_feedback_joins_the_label_to_the_request(upstreams: dict[str, str]
             async with session.post(f"{url}/feedback", json=bad) as answer:
                 assert answer.status == 400
                 assert (await answer.json())["field"] == field
-    log = read_prediction_log(tmp_path).set_index(["request_id", "row"])
+    log = read_prediction_log(tmp_path).set_index(["client_request_id", "row"])
     assert log.loc[("fb-single", 0), "label"] == 1
     assert log.loc[("fb-batch", 1), "label"] == 0
     assert log.loc[("fb-batch", 0), "label"] is None

@@ -117,11 +117,11 @@ def test_serve_with_a_shadow_then_stop(tmp_path, served, bento, in_process):
     log_dir = served.workdir / "predictions" / "fraud" / "v1-shadow-v2"
     assert f"prediction log {log_dir}" in log.read_text()
     entries = read_prediction_log(log_dir)
-    logged = entries[entries.request_id.isin(ids)]
-    assert set(logged.request_id) == set(ids)
+    logged = entries[entries.client_request_id.isin(ids)]
+    assert set(logged.client_request_id) == set(ids)
     assert logged.mirrored.all()
     assert (logged.production_version == "1").all() and (logged.shadow_version == "2").all()
-    for request_id, rows in logged.groupby("request_id"):
+    for request_id, rows in logged.groupby("client_request_id"):
         i = ids.index(request_id)
         records = served.records[i:i + 1 + i % 3]
         assert rows.sort_values("row").production_prediction.tolist() == in_process(1, records)[0]

@@ -236,13 +236,9 @@ class _WindowedLogReader(PredictionLogReader):
     a production log for months holds one window of it in memory, not all of it."""
 
     def forget_before(self, ts: float) -> None:
-        old = [request_id for request_id, entry in self._requests.items() if entry["ts"] < ts]
-        for request_id in old:
-            del self._requests[request_id]
-            self._shadows.pop(request_id, None)
+        old = {request_id for request_id, entry in self._requests.items() if entry["ts"] < ts}
         if old:
-            gone = set(old)
-            self._labels = {key: value for key, value in self._labels.items() if key[0] not in gone}
+            self.forget(old)
 
 
 _followed: dict[Path, _WindowedLogReader] = {}

@@ -12,17 +12,20 @@ Each line is one entry, told apart by ``type``:
 ``request``
     Written as soon as production has answered::
 
-        {"type": "request", "request_id": "9f1c...", "ts": 1764000000.123,
-         "records": [{"amount": 12.5, ...}],
+        {"type": "request", "request_id": "9f1c...", "client_request_id": "order-77",
+         "ts": 1764000000.123, "records": [{"amount": 12.5, ...}],
          "production": {"model": "fraud", "version": "3", "predictions": [0],
                         "probabilities": [{"0": 0.9, "1": 0.1}], "latency_ms": 1.8,
                         "status": 200, "error": null},
          "mirrored": true, "shadow": null, "shadow_reason": "pending"}
 
-    ``mirrored`` says whether the request fell in the mirror sample. When the shadow's
-    fate is already known (not sampled, mirror dropped because the queue was full, no
-    shadow configured) it is given here in ``shadow_reason``; otherwise the reason is
-    ``"pending"`` and a ``shadow`` entry follows.
+    ``request_id`` is minted by the gateway for every request and is the key that joins
+    the entries: a client cannot choose it, reuse it or overwrite another request's entries.
+    ``client_request_id`` is the ``X-Request-ID`` the client sent, kept for correlation
+    (null when it sent none). ``mirrored`` says whether the request fell in the mirror
+    sample. When the shadow's fate is already known (not sampled, mirror dropped because the
+    queue was full, no shadow configured) it is given here in ``shadow_reason``; otherwise
+    the reason is ``"pending"`` and a ``shadow`` entry follows.
 ``shadow``
     Written when the shadow call finished, failed or timed out, or when the gateway shut
     down before sending it::
@@ -39,7 +42,9 @@ Each line is one entry, told apart by ``type``:
         {"type": "feedback", "request_id": "9f1c...", "ts": ..., "label": 1, "row": null}
 
     ``row`` null labels every row of the request (the usual single-record case); a number
-    labels that row of a batch. The latest feedback for a row wins.
+    labels that row of a batch. The latest feedback for a row wins. ``request_id`` is the
+    gateway's id of the request; an id that names no request is taken as a client's id and
+    labels the latest request that carried it.
 
 Two entries per mirrored request, rather than one written when the shadow is done, keep the
 production side readable at once and keep pending requests out of the gateway's memory.
@@ -50,13 +55,25 @@ fsyncs them every `flush_interval_s` (sooner when `max_buffered_entries` wait). 
 SIGKILL therefore loses at most the entries of the last flush interval, plus the shadow
 answers still in flight (their requests read back with ``shadow_reason == "pending"``).
 `PredictionLogWriter.close` writes and fsyncs everything, so a clean shutdown (the gateway's
-SIGTERM handler) loses nothing. When a write fails (disk full) the entries stay buffered
-and are retried in a fresh segment at the next flush; the ones that had been written before
-the failure then appear twice, and `read_prediction_log` keeps one of each.
+SIGTERM handler) loses nothing.
+
+Retention. The log lives on a small volume (the gateway pod's emptyDir), so the writer
+deletes whole segments, oldest first, once they are older than `retain_age_s` or once the
+log holds more than `retain_bytes`; the open segment is never deleted. What it deleted is
+counted in `PredictionLogWriter.stats`.
+
+A full disk. When a write fails (disk full) the entries stay buffered and are retried in a
+fresh segment at the next flush; the ones that had been written before the failure then
+appear twice, and `read_prediction_log` keeps one of each. Until a write succeeds again the
+writer sheds ``shadow`` entries (the evidence of a mirror, never of a production answer),
+and the buffer never holds more than `max_buffered_bytes`: past it new entries are dropped.
+Every dropped entry is counted in `PredictionLogWriter.stats`, by type and reason. Nothing
+of this reaches the request path: `write_*` never blocks on the disk and never fails for it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -78,6 +95,7 @@ __all__ = [
     "LogFormatError",
     "PredictionLogReader",
     "PredictionLogSettings",
+    "PredictionLogStats",
     "PredictionLogWriter",
     "UpstreamAnswer",
     "iter_log_entries",
@@ -122,6 +140,31 @@ class PredictionLogSettings(BaseModel):
     most a crash can lose. One fsync a second costs nothing measurable on the request path."""
     max_buffered_entries: Annotated[int, Field(gt=0)] = 10_000
     """Entries that trigger a flush before the interval is up, bounding memory under load."""
+    max_buffered_bytes: Annotated[int, Field(gt=0)] = 64 * 2**20
+    """Most bytes of encoded entries held in memory while the disk refuses them (disk full);
+    past it new entries are dropped and counted. 64 MiB is one large batch request."""
+    retain_bytes: Annotated[int, Field(gt=0)] = 512 * 2**20
+    """Bytes of segments kept; past it the oldest segments are deleted. 512 MiB leaves half of
+    the gateway pod's 1 GiB emptyDir free, room for a segment being written and the rest."""
+    retain_age_s: Annotated[float, Field(gt=0)] = 7 * 86400.0
+    """Seconds since its last write after which a segment is deleted: seven days of evidence
+    for a shadow comparison or a drift check, which look at days, not months."""
+    retention_check_interval_s: Annotated[float, Field(gt=0)] = 60.0
+    """Longest time in seconds between two retention checks; one also follows each new
+    segment and each failed write."""
+
+
+@dataclasses.dataclass
+class PredictionLogStats:
+    """What the writer had to throw away, since it started; the gateway exports it in /metrics."""
+
+    segments_deleted: int = 0
+    """Segments deleted by retention."""
+    bytes_deleted: int = 0
+    """Bytes of the segments deleted by retention."""
+    entries_dropped: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
+    """Entries never written, by (entry type, reason): ``disk_full`` for a shadow entry shed
+    while writes fail, ``buffer_full`` for any entry past `max_buffered_bytes`."""
 
 
 class PredictionLogWriter:
@@ -145,8 +188,14 @@ class PredictionLogWriter:
         self._clock = clock
         self._writer_id = uuid.uuid4().hex[:8]
         self._sequence = 0
-        self._buffer: list[bytes] = []
+        self._buffer: list[tuple[str, bytes]] = []
+        """Entries waiting for the disk, as (type, encoded line)."""
+        self._buffered_bytes = 0
         self._buffer_lock = threading.Lock()
+        self._disk_full = False
+        self.stats = PredictionLogStats()
+        self._path: Path | None = None
+        self._expired_at = float("-inf")
         self._io_lock = threading.Lock()
         self._wake = threading.Event()
         self._closing = False
@@ -169,6 +218,7 @@ class PredictionLogWriter:
         mirrored: bool,
         shadow: UpstreamAnswer | None = None,
         shadow_reason: str | None = None,
+        client_request_id: str | None = None,
         ts: float | None = None,
     ) -> None:
         """Log a request with production's answer; `shadow_reason="pending"` if a shadow
@@ -177,6 +227,7 @@ class PredictionLogWriter:
             {
                 "type": "request",
                 "request_id": request_id,
+                "client_request_id": client_request_id,
                 "ts": self._clock() if ts is None else ts,
                 "records": records,
                 "production": production,
@@ -220,19 +271,79 @@ class PredictionLogWriter:
         )
 
     def flush(self) -> None:
-        """Write and fsync every buffered entry now."""
+        """Write and fsync every buffered entry now, then apply retention when it is due.
+        Raises the `OSError` of a failed write, after keeping what fits back in the buffer."""
         with self._io_lock:
             with self._buffer_lock:
-                lines, self._buffer = self._buffer, []
-            if not lines:
-                return
+                entries, self._buffer, self._buffered_bytes = self._buffer, [], 0
             try:
-                self._write_lines(lines)
+                if entries:
+                    self._write_lines([line for _, line in entries])
             except OSError:
-                with self._buffer_lock:
-                    self._buffer[:0] = lines
-                self._segment_broken = True
+                self._keep_unwritten(entries)
+                self._expire_segments()
                 raise
+            with self._buffer_lock:
+                self._disk_full = False
+            if time.monotonic() - self._expired_at >= self.settings.retention_check_interval_s:
+                self._expire_segments()
+
+    def _keep_unwritten(self, entries: list[tuple[str, bytes]]) -> None:
+        """Put the entries of a failed write back in front of the buffer, minus shadow entries
+        and whatever does not fit, counted."""
+        if self._segment_bytes:
+            # Part of the lines may be in the segment, the last one torn: go on in a new one.
+            self._segment_broken = True
+        with self._buffer_lock:
+            self._disk_full = True
+            kept = []
+            for kind, line in entries:
+                if kind == "shadow":
+                    self._count_drop(kind, "disk_full")
+                else:
+                    kept.append((kind, line))
+            self._buffer[:0] = kept
+            self._buffered_bytes += sum(len(line) for _, line in kept)
+            while self._buffered_bytes > self.settings.max_buffered_bytes:
+                kind, line = self._buffer.pop(0)
+                self._buffered_bytes -= len(line)
+                self._count_drop(kind, "buffer_full")
+
+    def _count_drop(self, kind: str, reason: str) -> None:
+        dropped = self.stats.entries_dropped
+        dropped[kind, reason] = dropped.get((kind, reason), 0) + 1
+
+    def _expire_segments(self) -> None:
+        """Delete whole segments, oldest first, past the retention's age or size; never the
+        open one. Called with the I/O lock held."""
+        self._expired_at = time.monotonic()
+        now = time.time()
+        sizes: list[tuple[Path, int]] = []
+        for path in segment_paths(self.log_dir):
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                continue
+            if path != self._path and now - stat.st_mtime > self.settings.retain_age_s:
+                self._delete_segment(path, stat.st_size)
+            else:
+                sizes.append((path, stat.st_size))
+        total = sum(size for _, size in sizes)
+        for path, size in sizes:
+            if total <= self.settings.retain_bytes:
+                break
+            if path != self._path:
+                self._delete_segment(path, size)
+                total -= size
+
+    def _delete_segment(self, path: Path, size: int) -> None:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return
+        self.stats.segments_deleted += 1
+        self.stats.bytes_deleted += size
+        logger.info("prediction log retention deleted %s (%d bytes)", path.name, size)
 
     def close(self) -> None:
         """Write and fsync everything, then close the open segment. Idempotent."""
@@ -254,11 +365,19 @@ class PredictionLogWriter:
         self.close()
 
     def _append(self, entry: dict[str, Any]) -> None:
+        kind = entry["type"]
         line = json.dumps(entry, separators=(",", ":")).encode() + b"\n"
         with self._buffer_lock:
             if self._closing:
                 raise RuntimeError(f"the prediction log writer for {self.log_dir} is closed")
-            self._buffer.append(line)
+            if self._disk_full and kind == "shadow":
+                self._count_drop(kind, "disk_full")
+                return
+            if self._buffered_bytes + len(line) > self.settings.max_buffered_bytes:
+                self._count_drop(kind, "buffer_full")
+                return
+            self._buffer.append((kind, line))
+            self._buffered_bytes += len(line)
             full = len(self._buffer) >= self.settings.max_buffered_entries
         if full:
             self._wake.set()
@@ -322,6 +441,8 @@ class PredictionLogWriter:
         stamp = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
         name = f"{SEGMENT_PREFIX}{stamp}-{self._writer_id}-{self._sequence:06d}{SEGMENT_SUFFIX}"
         self._fd = os.open(self.log_dir / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        self._path = self.log_dir / name
+        self._expired_at = float("-inf")  # a new segment grows the log: check retention next flush
         self._segment_opened_at = now
         self._segment_bytes = 0
         self._segment_broken = False
@@ -336,6 +457,7 @@ class PredictionLogWriter:
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
+        self._path = None
         try:
             os.fsync(fd)
         finally:
@@ -381,6 +503,7 @@ def _parse_lines(path: Path, data: bytes, *, first_line: int) -> Iterator[dict[s
 
 COLUMNS = [
     "request_id",
+    "client_request_id",
     "row",
     "ts",
     "record",
@@ -436,6 +559,9 @@ class PredictionLogReader:
         self._requests: dict[str, dict[str, Any]] = {}
         self._shadows: dict[str, dict[str, Any]] = {}
         self._labels: dict[tuple[str, int | None], tuple[float, Any]] = {}
+        self._latest_for_client: dict[str, str] = {}
+        """The gateway's id of the latest request that carried each client id: what feedback
+        addressed by a client's id labels."""
 
     def refresh(self) -> PredictionLogReader:
         """Parse the complete lines appended to every segment since the last refresh."""
@@ -446,6 +572,7 @@ class PredictionLogReader:
                     segment.seek(offset)
                     data = segment.read()
             except FileNotFoundError:  # expired and removed since it was listed
+                self._read.pop(path, None)
                 continue
             end = data.rfind(b"\n") + 1
             if not end:
@@ -454,6 +581,20 @@ class PredictionLogReader:
                 self._add(entry)
             self._read[path] = (offset + end, lines + data.count(b"\n", 0, end))
         return self
+
+    def forget(self, request_ids: set[str]) -> None:
+        """Drop these requests, their shadow answers and their labels from memory."""
+        clients = {self._requests[request_id].get("client_request_id") for request_id in request_ids
+                   if request_id in self._requests}
+        for request_id in request_ids:
+            self._requests.pop(request_id, None)
+            self._shadows.pop(request_id, None)
+        for client_id in clients:
+            if self._latest_for_client.get(client_id) in request_ids:
+                del self._latest_for_client[client_id]
+        orphaned = {client_id for client_id in clients if client_id not in self._latest_for_client}
+        self._labels = {key: value for key, value in self._labels.items()
+                        if key[0] not in request_ids and key[0] not in orphaned}
 
     def frame(self) -> pd.DataFrame:
         """Everything read so far, as `read_prediction_log` describes."""
@@ -472,10 +613,17 @@ class PredictionLogReader:
             count = len(predictions) if isinstance(predictions, list) and predictions else (
                 len(records) if isinstance(records, list) and records else 1
             )
+            client_id = entry.get("client_request_id")
+            # A client's id that is also a gateway's id addresses that request only.
+            by_client = (client_id is not None and client_id not in requests
+                         and self._latest_for_client.get(client_id) == request_id)
             for row in range(count):
                 labelled = labels.get((request_id, row)) or labels.get((request_id, None))
+                if labelled is None and by_client:
+                    labelled = labels.get((client_id, row)) or labels.get((client_id, None))
                 values = {
                     "request_id": request_id,
+                    "client_request_id": client_id,
                     "row": row,
                     "ts": entry["ts"],
                     "record": _nth(records, row),
@@ -505,6 +653,11 @@ class PredictionLogReader:
             if not self.keep_records:
                 entry["records"] = None
             self._requests[entry["request_id"]] = entry
+            client_id = entry.get("client_request_id")
+            if client_id is not None:
+                latest = self._requests.get(self._latest_for_client.get(client_id, ""))
+                if latest is None or entry["ts"] >= latest["ts"]:
+                    self._latest_for_client[client_id] = entry["request_id"]
         elif kind == "shadow":
             self._shadows[entry["request_id"]] = entry
         else:

@@ -79,7 +79,10 @@ ROUTES: list[Route] = [
                   "its headers. predictions, probabilities (null for a regression) and warnings have one item "
                   "per record. A bad body is answered with {\"error\", \"field\", \"request_id\"}: 400 (not JSON, "
                   "not records), 413 (over 10000 records or 64 MiB), 422 (a field breaks a rule of the schema); "
-                  "the gateway adds 502 and 504 when production is unreachable or slow.",
+                  "the gateway adds 502 and 504 when production is unreachable or slow. The gateway also "
+                  "answers an X-Gateway-Request-ID header: the id it made for this request, which keys the "
+                  "prediction log and the shadow's sample (a client's id never does, so reusing one "
+                  "overwrites nothing); send it back to /feedback.",
           request={"records": [EXAMPLE_RECORD]},
           answer={"model": "fraud", "model_version": "1", "request_id": "3f1c9e0a", "predictions": [1],
                   "probabilities": [EXAMPLE_PROBABILITIES], "warnings": [EXAMPLE_WARNINGS]}),
@@ -91,10 +94,13 @@ ROUTES: list[Route] = [
           answer=[{"prediction": 1, "probabilities": EXAMPLE_PROBABILITIES, "warnings": EXAMPLE_WARNINGS}]),
     Route(method="POST", path="/feedback", served_by="gateway",
           summary="Record the true label of an answered request (and of one of its records with row, counted "
-                  "from 0), for the live performance in the prediction log. 202 when recorded, 400 naming "
-                  "the field otherwise.",
-          request={"request_id": "3f1c9e0a", "label": 1, "row": 0},
-          answer={"request_id": "3f1c9e0a", "status": "recorded"}),
+                  "from 0), for the live performance in the prediction log. request_id is the "
+                  "X-Gateway-Request-ID of the answer; a client's own X-Request-ID is also taken, and labels "
+                  "the latest request that carried it. When the gateway has a feedback token, send "
+                  "Authorization: Bearer <token>; without it the answer is 401. 202 when recorded, 400 "
+                  "naming the field otherwise.",
+          request={"request_id": "8d0f6c2e4b1a4f3e9c7d5b2a1e0f3c4d", "label": 1, "row": 0},
+          answer={"request_id": "8d0f6c2e4b1a4f3e9c7d5b2a1e0f3c4d", "status": "recorded"}),
     Route(method="GET", path="/shadow/comparison", served_by="gateway",
           summary="The shadow measured against production on the logged traffic: agreement, score deltas, "
                   "latency and error rates with confidence intervals, and the verdict (promote, hold, reject) "

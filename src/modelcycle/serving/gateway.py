@@ -2,8 +2,12 @@
 
 Every ``POST /predict`` is forwarded to production, whose status and body go back to the
 client byte for byte, with the request id in ``X-Request-ID`` (the client's, or a fresh
-uuid4 hex). A deterministic sample of request ids, `mirror_percent` of them, is also sent to
-the shadow with the same id. Mirroring happens off the request path: the request joins a
+uuid4 hex). The gateway also mints an id of its own for every request, a uuid4 hex that it
+returns in ``X-Gateway-Request-ID``: that id, never the client's, keys the prediction log
+and chooses the mirror sample, so a client that reuses or picks its ids can neither
+overwrite logged requests nor choose which of them the shadow sees (the client's id is
+logged as ``client_request_id``, for correlation). A deterministic sample of the gateway's
+ids, `mirror_percent` of them, is also sent to the shadow. Mirroring happens off the request path: the request joins a
 bounded queue that a few workers drain, each shadow call has its own timeout, and a full
 queue drops the mirror (counted) rather than wait. So a slow, failing or dead shadow never
 changes or delays what the client gets. Upstream calls go through `Upstream`, a lean
@@ -13,9 +17,16 @@ pool for production and a separate one for the shadow.
 Both answers go to the prediction log (`modelcycle.monitoring.predictions`): the request
 with production's answer as soon as the client has it (the log's bookkeeping runs after the
 answer is written, off the client's wait), the shadow's answer as a
-second entry when it arrives. ``POST /feedback`` adds the true label of a request.
+second entry when it arrives. ``POST /feedback`` adds the true label of a request, named
+by the gateway's id (a client's id labels the latest request that carried it); with a
+feedback token configured it takes ``Authorization: Bearer <token>`` and answers 401
+without it, since labels feed the live metrics and the promotion verdict. The log keeps
+`log.retain_bytes` and `log.retain_age_s` of segments, and on a full disk it sheds shadow
+entries and bounds its memory (see `modelcycle.monitoring.predictions`); ``/metrics``
+counts what it deleted and dropped. A full disk never touches a production answer.
 ``GET /shadow/comparison`` and the ``modelcycle_shadow_*`` gauges of ``GET /metrics`` report
-`compare_shadow` over the log, recomputed at most every `comparison_ttl_s` seconds, in a
+`compare_shadow` over the log under the promotion policy, recomputed at most every
+`comparison_ttl_s` seconds, in a
 worker process of its own (`compare_followed_log`): it parses only what was appended since
 its last look, and its pandas and statistics never hold this process's GIL while requests
 wait. Given production's reference profile (``--reference-profile``), ``GET /metrics`` also
@@ -28,12 +39,17 @@ intervals (``modelcycle_live_*``). The request path only adds production's score
 every route with an example request and answer, and what a record's warnings mean. Production's
 answers, warnings included, reach the client unchanged.
 
+The policy's thresholds are read again from `policy_file` when it changes, so a
+Kubernetes ConfigMap mounted as a directory can change them without a restart, which would
+empty the log on an emptyDir. A 500 answer never carries an exception's text: it is logged.
+
 On SIGTERM the gateway stops accepting connections, lets in-flight requests finish, gives
 queued and in-flight mirrors up to `drain_timeout_s` to complete, logs the ones left over
 as not answered, then flushes and fsyncs the log: a clean shutdown loses no entry.
 
 Run it with ``python -m modelcycle.serving.gateway --production-url URL [--shadow-url URL]
-[--mirror-percent N] --log-dir DIR [--port P]``.
+[--mirror-percent N] --log-dir DIR [--port P] [--feedback-token-file FILE] [--policy-file FILE]``;
+the feedback token may also come from ``MODELCYCLE_FEEDBACK_TOKEN``.
 """
 
 from __future__ import annotations
@@ -42,13 +58,15 @@ import argparse
 import asyncio
 import bisect
 import hashlib
+import hmac
 import json
 import logging
 import multiprocessing
+import os
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from functools import partial
@@ -64,7 +82,9 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from modelcycle.monitoring.predictions import (
     PredictionLogSettings,
@@ -83,6 +103,9 @@ __all__ = ["GATEWAY", "Gateway", "GatewayConfig", "create_app", "in_mirror_sampl
 logger = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "X-Request-ID"
+GATEWAY_REQUEST_ID_HEADER = "X-Gateway-Request-ID"
+"""The id the gateway minted for a request: the prediction log's key and /feedback's address."""
+FEEDBACK_TOKEN_ENV = "MODELCYCLE_FEEDBACK_TOKEN"
 MAX_REQUEST_ID_LENGTH = 128
 _REQUEST_ID = re.compile(rf"[\x21-\x7e]{{1,{MAX_REQUEST_ID_LENGTH}}}")
 """What the bentos accept as a request id too (they replace any other with a fresh one)."""
@@ -125,7 +148,14 @@ class GatewayConfig(BaseModel):
     log: PredictionLogSettings = PredictionLogSettings()
     """Segment rotation and flushing of the prediction log."""
     policy: ShadowPolicy = ShadowPolicy()
-    """What the shadow must show to be promoted."""
+    """What the shadow must show to be promoted, unless `policy_file` says otherwise."""
+    policy_file: Path | None = None
+    """A JSON object of `ShadowPolicy` fields, read again whenever it changes: thresholds that
+    change without a restart. While it is missing or invalid the last good policy holds
+    (`policy` at first), and the problem is logged."""
+    feedback_token: SecretStr | None = None
+    """The bearer token /feedback requires; None leaves /feedback open to anyone who can
+    reach the gateway (said at startup)."""
     reference_profile: Path | None = None
     """The reference profile of production's version (``profile.json`` in the registry); with
     it ``/metrics`` exports drift, data quality and live performance over the profile's
@@ -146,7 +176,8 @@ class GatewayConfig(BaseModel):
 
 def in_mirror_sample(request_id: str, *, percent: float) -> bool:
     """Whether `request_id` is mirrored at `percent`: a hash of the id, not a coin toss, so
-    retries of a request and every gateway replica make the same choice."""
+    that any process can tell from the log which ids were in the sample. The gateway passes
+    its own ids, which no client chooses."""
     if percent >= 100:
         return True
     if percent <= 0:
@@ -296,6 +327,33 @@ class GatewayMetrics:
             self.verdict.labels(verdict).set(1 if verdict == comparison.verdict else 0)
 
 
+class PredictionLogCollector(Collector):
+    """What the prediction log's writer deleted and dropped, read from its stats at scrape time."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        log = getattr(self.gateway, "log", None)
+        if log is None:
+            return
+        stats = log.stats
+        yield CounterMetricFamily("modelcycle_prediction_log_deleted_segments",
+                                  "Prediction log segments deleted by retention (age or size).",
+                                  value=stats.segments_deleted)
+        yield CounterMetricFamily("modelcycle_prediction_log_deleted_bytes",
+                                  "Bytes of the prediction log segments deleted by retention.",
+                                  value=stats.bytes_deleted)
+        dropped = CounterMetricFamily(
+            "modelcycle_prediction_log_dropped_entries", "Prediction log entries never written, by entry type "
+            "and reason: disk_full (shadow entries shed while writes fail), buffer_full (memory bound reached).",
+            labels=["type", "reason"],
+        )
+        for (kind, reason), count in sorted(stats.entries_dropped.items()):
+            dropped.add_metric([kind, reason], count)
+        yield dropped
+
+
 class Gateway:
     """State of one running gateway: the upstream session, the mirror queue and workers, the
     prediction log and the metrics. `create_app` wires it into an aiohttp application."""
@@ -305,8 +363,12 @@ class Gateway:
 
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
-        self.queue: asyncio.Queue[tuple[str, bytes, str]] = asyncio.Queue(config.queue_size)
+        self.queue: asyncio.Queue[tuple[str, str, bytes, str]] = asyncio.Queue(config.queue_size)
+        """Mirrors waiting: (gateway's id, id forwarded upstream, body, content type)."""
         self.metrics = GatewayMetrics(self.queue)
+        self.metrics.registry.register(PredictionLogCollector(self))
+        self._policy = config.policy
+        self._policy_mtime: float | None = None
         self._workers: list[asyncio.Task[None]] = []
         self._accepting = False
         self._production = Upstream(config.production_url, max_connections=config.max_connections)
@@ -350,14 +412,17 @@ class Gateway:
         self._accepting = False
 
     async def predict(self, request: web.Request) -> web.StreamResponse:
-        request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
-        if not _REQUEST_ID.fullmatch(request_id):
+        client_id = request.headers.get(REQUEST_ID_HEADER) or None
+        if client_id is not None and not _REQUEST_ID.fullmatch(client_id):
             return _error(400, f"expected 1 to {MAX_REQUEST_ID_LENGTH} visible ASCII characters, found "
-                          f"{request_id[:40]!r}{'...' if len(request_id) > 40 else ''} ({len(request_id)} characters)",
+                          f"{client_id[:40]!r}{'...' if len(client_id) > 40 else ''} ({len(client_id)} characters)",
                           field=REQUEST_ID_HEADER, request_id=None)
+        gateway_id = uuid.uuid4().hex
+        # The models see, and the client gets back, the client's own id: it correlates.
+        request_id = client_id or gateway_id
         body = await request.read()
         content_type = request.headers.get("Content-Type", "application/json")
-        mirrored, shadow_reason = self._mirror(request_id, body, content_type)
+        mirrored, shadow_reason = self._mirror(gateway_id, request_id, body, content_type)
 
         headers = {"Content-Type": content_type, REQUEST_ID_HEADER: request_id}
         started = time.perf_counter()
@@ -375,13 +440,15 @@ class Gateway:
             self.metrics.requests.labels("production", "timeout" if timed_out else "unreachable").inc()
             self.metrics.production_latency.observe(latency)
             self.log.write_request(
-                request_id=request_id, records=_records(body), production=_failed_answer(latency, message),
-                mirrored=mirrored, shadow_reason=shadow_reason,
+                request_id=gateway_id, client_request_id=client_id, records=_records(body),
+                production=_failed_answer(latency, message), mirrored=mirrored, shadow_reason=shadow_reason,
             )
-            return _error(504 if timed_out else 502, message, field=None, request_id=request_id)
+            return _error(504 if timed_out else 502, message, field=None, request_id=request_id,
+                          gateway_request_id=gateway_id)
         latency = time.perf_counter() - started
         response = web.Response(body=answer.body, status=answer.status, headers={
             "Content-Type": answer.content_type or "application/json", REQUEST_ID_HEADER: request_id,
+            GATEWAY_REQUEST_ID_HEADER: gateway_id,
         })
         try:
             # The client gets its answer first; the bookkeeping below (two JSON parses and an
@@ -393,14 +460,21 @@ class Gateway:
             self.metrics.production_latency.observe(latency)
             production = _answer(answer.body, answer.status, latency)
             self.log.write_request(
-                request_id=request_id, records=_records(body), production=production,
-                mirrored=mirrored, shadow_reason=shadow_reason,
+                request_id=gateway_id, client_request_id=client_id, records=_records(body),
+                production=production, mirrored=mirrored, shadow_reason=shadow_reason,
             )
             if self.metrics.score is not None:
                 self._observe_scores(production)
         return response
 
     async def feedback(self, request: web.Request) -> web.StreamResponse:
+        token = self.config.feedback_token
+        if token is not None and not _bearer_matches(request.headers.get("Authorization"), token):
+            return web.json_response(
+                {"error": "expected Authorization: Bearer <the gateway's feedback token>", "field": "Authorization",
+                 "request_id": None},
+                status=401, headers={"WWW-Authenticate": 'Bearer realm="modelcycle feedback"'},
+            )
         try:
             request_id, label, row = _parse_feedback(await request.read())
         except InvalidFeedback as exc:
@@ -440,9 +514,10 @@ class Gateway:
     async def shadow_comparison(self, request: web.Request) -> web.StreamResponse:
         try:
             comparison = await self.comparison()
-        except Exception as exc:
+        except Exception:
             logger.exception("cannot compute the shadow comparison")
-            return _error(500, f"cannot compute the shadow comparison: {exc}", field=None, request_id=None)
+            return _error(500, "cannot compute the shadow comparison; the gateway's log says why",
+                          field=None, request_id=None)
         return web.Response(body=comparison.model_dump_json(), content_type="application/json")
 
     async def comparison(self) -> ShadowComparison:
@@ -450,16 +525,18 @@ class Gateway:
         than the TTL (the log is flushed first, so it covers every answer logged so far)."""
         async with self._comparison_lock:
             now = time.monotonic()
-            if self._comparison and now - self._comparison[0] < self.config.comparison_ttl_s:
+            policy = self.policy()
+            if (self._comparison and now - self._comparison[0] < self.config.comparison_ttl_s
+                    and self._comparison[1].policy == policy):
                 return self._comparison[1]
             loop = asyncio.get_running_loop()
-            await loop.run_in_executor(None, self.log.flush)
+            await loop.run_in_executor(None, self._flush_log)
             if self._comparer is None:
                 # spawn, not fork: this process has threads (the log's flusher, executors).
                 self._comparer = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
             try:
                 comparison = await loop.run_in_executor(
-                    self._comparer, partial(compare_followed_log, self.config.log_dir, policy=self.config.policy)
+                    self._comparer, partial(compare_followed_log, self.config.log_dir, policy=policy)
                 )
             except BrokenProcessPool:
                 self._comparer = None  # the worker died (out of memory, say); the next call starts another
@@ -479,7 +556,7 @@ class Gateway:
             if self._monitoring and now - self._monitoring[0] < self.config.monitoring_ttl_s:
                 return self._monitoring[1]
             loop = asyncio.get_running_loop()
-            await loop.run_in_executor(None, self.log.flush)
+            await loop.run_in_executor(None, self._flush_log)
             if self._comparer is None:
                 self._comparer = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
             try:
@@ -493,6 +570,28 @@ class Gateway:
             self._monitoring = (now, result)
             self.metrics.show_monitoring(result)
             return result
+
+    def policy(self) -> ShadowPolicy:
+        """The promotion policy: `policy_file`'s when set, read again when its mtime changed."""
+        path = self.config.policy_file
+        if path is None:
+            return self._policy
+        try:
+            mtime = path.stat().st_mtime
+            if mtime != self._policy_mtime:
+                self._policy = ShadowPolicy.model_validate_json(path.read_bytes())
+                self._policy_mtime = mtime
+                logger.info("promotion policy from %s: %s", path, self._policy.model_dump_json())
+        except (OSError, ValidationError) as exc:
+            logger.error("cannot read the promotion policy in %s, keeping the last one: %s", path, exc)
+        return self._policy
+
+    def _flush_log(self) -> None:
+        """Flush before a comparison; a full disk is the log's to count, not a reason to fail."""
+        try:
+            self.log.flush()
+        except OSError as exc:
+            logger.warning("cannot flush the prediction log in %s: %s", self.config.log_dir, exc)
 
     def _track_scores(self, path: Path) -> None:
         """Read the profile's score distribution for the histogram's buckets: twentieths of
@@ -520,14 +619,14 @@ class Gateway:
                 if isinstance(prediction, int | float) and not isinstance(prediction, bool):
                     histogram.observe(prediction)
 
-    def _mirror(self, request_id: str, body: bytes, content_type: str) -> tuple[bool, str]:
-        """Queue a mirror when the id is in the sample; (mirrored, shadow_reason for the log)."""
+    def _mirror(self, gateway_id: str, request_id: str, body: bytes, content_type: str) -> tuple[bool, str]:
+        """Queue a mirror when the gateway's id is in the sample; (mirrored, shadow_reason for the log)."""
         if self._shadow is None:
             return False, "no shadow configured"
-        if not in_mirror_sample(request_id, percent=self.config.mirror_percent):
+        if not in_mirror_sample(gateway_id, percent=self.config.mirror_percent):
             return False, "not sampled"
         try:
-            self.queue.put_nowait((request_id, body, content_type))
+            self.queue.put_nowait((gateway_id, request_id, body, content_type))
         except asyncio.QueueFull:
             self.metrics.dropped.labels("queue_full").inc()
             return True, "dropped: mirror queue full"
@@ -536,23 +635,23 @@ class Gateway:
 
     async def _mirror_worker(self) -> None:
         while True:
-            request_id, body, content_type = await self.queue.get()
+            gateway_id, request_id, body, content_type = await self.queue.get()
             try:
                 answer = await self._call_shadow(request_id, body, content_type)
             except asyncio.CancelledError:
                 self.log.write_shadow(
-                    request_id=request_id, shadow=None, shadow_reason="not answered before shutdown"
+                    request_id=gateway_id, shadow=None, shadow_reason="not answered before shutdown"
                 )
                 self.metrics.dropped.labels("shutdown").inc()
                 self.queue.task_done()
                 raise
             except Exception:
-                logger.exception("mirror of request %s failed", request_id)
+                logger.exception("mirror of request %s failed", gateway_id)
                 self.log.write_shadow(
-                    request_id=request_id, shadow=None, shadow_reason="gateway error while mirroring"
+                    request_id=gateway_id, shadow=None, shadow_reason="gateway error while mirroring"
                 )
             else:
-                self.log.write_shadow(request_id=request_id, shadow=answer)
+                self.log.write_shadow(request_id=gateway_id, shadow=answer)
             self.queue.task_done()
 
     async def _call_shadow(self, request_id: str, body: bytes, content_type: str) -> UpstreamAnswer:
@@ -595,9 +694,9 @@ class Gateway:
             worker.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
         while not self.queue.empty():
-            request_id, _, _ = self.queue.get_nowait()
+            gateway_id, _, _, _ = self.queue.get_nowait()
             self.log.write_shadow(
-                request_id=request_id, shadow=None, shadow_reason="not sent before shutdown"
+                request_id=gateway_id, shadow=None, shadow_reason="not sent before shutdown"
             )
             self.metrics.dropped.labels("shutdown").inc()
             self.queue.task_done()
@@ -649,6 +748,14 @@ class InvalidFeedback(ValueError):
         super().__init__(message)
         self.field = field
         self.request_id = request_id
+
+
+def _bearer_matches(authorization: str | None, token: SecretStr) -> bool:
+    """Whether an Authorization header carries `token` as a bearer token (compared in constant time)."""
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        return False
+    return hmac.compare_digest(given.strip().encode(), token.get_secret_value().encode())
 
 
 def _parse_feedback(body: bytes) -> tuple[str, Any, int | None]:
@@ -718,8 +825,11 @@ def _string(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def _error(status: int, message: str, *, field: str | None, request_id: str | None) -> web.Response:
-    headers = {REQUEST_ID_HEADER: request_id} if request_id else None
+def _error(status: int, message: str, *, field: str | None, request_id: str | None,
+           gateway_request_id: str | None = None) -> web.Response:
+    headers = {REQUEST_ID_HEADER: request_id} if request_id else {}
+    if gateway_request_id:
+        headers[GATEWAY_REQUEST_ID_HEADER] = gateway_request_id
     return web.json_response(
         {"error": message, "field": field, "request_id": request_id}, status=status, headers=headers
     )
@@ -748,6 +858,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--segment-max-bytes", type=int, default=log.max_segment_bytes)
     parser.add_argument("--segment-max-age", type=float, default=log.max_segment_age_s, help="s")
     parser.add_argument("--flush-interval", type=float, default=log.flush_interval_s, help="s")
+    parser.add_argument("--retain-bytes", type=int, default=log.retain_bytes,
+                        help="bytes of log segments kept; the oldest beyond are deleted")
+    parser.add_argument("--retain-age", type=float, default=log.retain_age_s,
+                        help="s after its last write that a log segment is deleted")
+    parser.add_argument("--max-buffered-bytes", type=int, default=log.max_buffered_bytes,
+                        help="most bytes of log entries held in memory while the disk refuses them")
+    parser.add_argument("--policy-file", type=Path,
+                        help="JSON object of promotion thresholds, read again when it changes")
+    parser.add_argument("--feedback-token-file", type=Path,
+                        help=f"file holding the bearer token /feedback requires (else ${FEEDBACK_TOKEN_ENV})")
     parser.add_argument("--min-requests", type=int, default=policy.min_requests)
     parser.add_argument("--min-agreement", type=float, default=policy.min_agreement)
     parser.add_argument("--max-latency-ratio", type=float, default=policy.max_latency_ratio)
@@ -756,6 +876,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="production's reference profile (profile.json): export drift and live metrics")
     parser.add_argument("--monitoring-ttl", type=float, default=defaults["monitoring_ttl_s"], help="s")
     args = parser.parse_args(argv)
+    if args.feedback_token_file is not None:
+        try:
+            token: str | None = args.feedback_token_file.read_text().strip()
+        except OSError as exc:
+            parser.error(f"--feedback-token-file: cannot read {args.feedback_token_file}: {exc.strerror}")
+        if not token:
+            parser.error(f"--feedback-token-file: expected a token, found an empty file {args.feedback_token_file}")
+    else:
+        token = os.environ.get(FEEDBACK_TOKEN_ENV, "").strip() or None
     try:
         config = GatewayConfig(
             production_url=args.production_url,
@@ -771,6 +900,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                 max_segment_bytes=args.segment_max_bytes,
                 max_segment_age_s=args.segment_max_age,
                 flush_interval_s=args.flush_interval,
+                retain_bytes=args.retain_bytes,
+                retain_age_s=args.retain_age,
+                max_buffered_bytes=args.max_buffered_bytes,
             ),
             policy=ShadowPolicy(
                 min_requests=args.min_requests,
@@ -778,6 +910,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 max_latency_ratio=args.max_latency_ratio,
                 max_error_rate=args.max_error_rate,
             ),
+            policy_file=args.policy_file,
+            feedback_token=token,
             reference_profile=args.reference_profile,
             monitoring_ttl_s=args.monitoring_ttl,
         )
@@ -789,6 +923,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.host, args.port, config.production_url, config.shadow_url or "none", config.mirror_percent,
         config.log_dir,
     )
+    if config.feedback_token is None:
+        logger.warning("/feedback is open: no feedback token (--feedback-token-file or $%s), so anyone who "
+                       "can reach the gateway can label requests, and labels feed the live metrics",
+                       FEEDBACK_TOKEN_ENV)
     # A request in flight ends within the production timeout, so waiting that long cuts none.
     web.run_app(
         create_app(config), host=args.host, port=args.port, access_log=None, print=None,

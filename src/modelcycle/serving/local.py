@@ -11,7 +11,9 @@ production down, and on a machine with fewer free cores than busy processes the 
 otherwise share them. Production then keeps the CPU, and a shadow that falls behind shows
 up in the gateway's counts as timed-out or dropped mirrors. (On Kubernetes each version has
 a pod and CPU of its own.) The model servers listen on free ports; only the gateway takes
-the port asked for. All bind 127.0.0.1 unless told otherwise.
+the port asked for. All bind 127.0.0.1 unless told otherwise. The gateway's ``/feedback``
+takes a bearer token, made fresh at each start (unless given), written to
+``WORKDIR/serve/feedback-token`` for its owner only, and printed.
 
 Each version's bento is looked up first and built only when the store does not have it
 (`modelcycle.serving.packaging.package`): a version packaged with the same code, or with the
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -203,6 +206,9 @@ class LocalServing:
     the answers of two shadows]."""
     wheel: Path | None = None
     """The modelcycle wheel the bentos are (or get) packaged with; None means the checkout's code."""
+    feedback_token: str | None = None
+    """The bearer token the gateway's /feedback requires; None makes a fresh one, written to
+    WORKDIR/serve/feedback-token (readable by its owner only) and printed at start."""
     say: Callable[[str], None] = print
     servers: list[ServerProcess] = field(default_factory=list)
     production_version: ModelVersion | None = None
@@ -259,11 +265,20 @@ class LocalServing:
             path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(path, json.dumps(profile).encode())
             command += ["--reference-profile", str(path)]
+        token = self.feedback_token or secrets.token_urlsafe(24)
+        token_file = self.workdir / "serve" / "feedback-token"
+        token_file.parent.mkdir(parents=True, exist_ok=True)
+        token_file.unlink(missing_ok=True)
+        descriptor = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as out:
+            out.write(token)
+        command += ["--feedback-token-file", str(token_file)]
         gateway = start_process("gateway", command, url=f"http://{self.host}:{self.port}",
                                 log=self.workdir / "serve" / "gateway.log")
         self.servers.append(gateway)
         wait_ready(gateway)
         self.say(f"gateway: {gateway.url} (prediction log {log_dir})")
+        self.say(f"feedback: POST {gateway.url}/feedback with 'Authorization: Bearer {token}' (also in {token_file})")
 
     def stop(self) -> None:
         """Stop every server, the gateway first; safe to call more than once."""
