@@ -8,21 +8,18 @@ memory the log holds, while production answers go on unchanged.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import os
 import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway_upstreams import running_gateway, start_upstreams
 from modelcycle.monitoring.predictions import (
     PredictionLogSettings,
     PredictionLogWriter,
@@ -30,7 +27,7 @@ from modelcycle.monitoring.predictions import (
     iter_log_entries,
     segment_paths,
 )
-from modelcycle.serving.gateway import GATEWAY, GatewayConfig, create_app
+from modelcycle.serving.gateway import GATEWAY, GatewayConfig
 
 
 def _answer(predictions: list[Any]) -> UpstreamAnswer:
@@ -78,29 +75,8 @@ def test_retention_deletes_segments_older_than_the_age_limit(tmp_path: Path) -> 
 
 @pytest.fixture(scope="module")
 def upstreams() -> Iterator[dict[str, str]]:
-    script = Path(__file__).parents[1] / "serving" / "test_gateway.py"
-    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
-    try:
-        line = process.stdout.readline()  # type: ignore[union-attr]
-        assert line, f"the upstream servers did not start (exit code {process.poll()})"
-        yield {name: f"http://127.0.0.1:{port}" for name, port in json.loads(line).items()}
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-        process.stdout.close()  # type: ignore[union-attr]
-
-
-@contextlib.asynccontextmanager
-async def running_gateway(config: GatewayConfig) -> AsyncIterator[tuple[str, web.Application]]:
-    app = create_app(config)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}", app
-    finally:
-        await runner.cleanup()
+    with start_upstreams() as urls:
+        yield urls
 
 
 def _batch(n: int) -> dict[str, Any]:

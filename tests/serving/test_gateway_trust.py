@@ -17,46 +17,25 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import numpy as np
 import pytest
-from aiohttp import web
 
+from gateway_upstreams import running_gateway, start_upstreams
 from modelcycle.monitoring.predictions import read_prediction_log
-from modelcycle.serving.gateway import GATEWAY, GatewayConfig, create_app, in_mirror_sample
+from modelcycle.serving.gateway import GATEWAY, GatewayConfig, in_mirror_sample
 
 TOKEN = "s3cret-feedback-token"
 
 
 @pytest.fixture(scope="module")
 def upstreams() -> Iterator[dict[str, str]]:
-    process = subprocess.Popen([sys.executable, str(Path(__file__).with_name("test_gateway.py"))],
-                               stdout=subprocess.PIPE, text=True)
-    try:
-        line = process.stdout.readline()  # type: ignore[union-attr]
-        assert line, f"the upstream servers did not start (exit code {process.poll()})"
-        yield {name: f"http://127.0.0.1:{port}" for name, port in json.loads(line).items()}
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-        process.stdout.close()  # type: ignore[union-attr]
-
-
-@contextlib.asynccontextmanager
-async def running_gateway(config: GatewayConfig) -> AsyncIterator[tuple[str, web.Application]]:
-    app = create_app(config)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}", app
-    finally:
-        await runner.cleanup()
+    with start_upstreams() as urls:
+        yield urls
 
 
 def _record(i: int) -> dict[str, float]:
