@@ -9,8 +9,8 @@ UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 VENV := .venv
 PY := $(VENV)/bin/python
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
-# The tests build wheels with uv (modelcycle package), so the uv fetched above must be
-# on their PATH too, not only on make's.
+# The uv fetched above, for tools/k8s/build.sh (etcd's wheel). The tests of `package` and
+# `serve` run the console script with a PATH of their own, without it: a reader's shell has none.
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
 .PHONY: demo test venv k8s-bins images bench lint clean
@@ -25,8 +25,8 @@ $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
 
 venv: $(VENV)/.synced
 
-# kube-apiserver, controller-manager, scheduler, kwok, helm and etcd, built or
-# fetched once per version into ~/.cache/modelcycle/k8s/<version>/.
+# kube-apiserver, controller-manager, scheduler, kwok, helm, etcd and SeaweedFS's weed (the
+# tests' S3 server), built or fetched once per version into ~/.cache/modelcycle/k8s/<version>/.
 k8s-bins: venv
 	@if [ -x tools/k8s/build.sh ]; then tools/k8s/build.sh; fi
 
