@@ -124,6 +124,12 @@ def serve_upstreams() -> None:
     asyncio.run(serve())
 
 
+def record(i: int) -> dict[str, float]:
+    """A record the model servers accept, the same for the same `i`."""
+    rng = np.random.default_rng(i)
+    return {"x1": float(rng.normal()), "x2": float(rng.normal())}
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -47,7 +47,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from modelcycle import artifacts
-from modelcycle.data import DataError
+from modelcycle.data import DataError, sql_connection
 from modelcycle.registry import Registry
 from modelcycle.spec import SqlSource
 from modelcycle.training import TrainedModel
@@ -125,24 +125,9 @@ def read_chunks(source: str | SqlSource, *, chunk_rows: int = DEFAULT_CHUNK_ROWS
     if isinstance(source, SqlSource):
         import sqlalchemy
 
-        url, password = sqlalchemy.engine.make_url(source.url), None
-        if source.password_env:  # as `data.read_source`: the password joins the URL at connect time only
-            password = os.environ.get(source.password_env)
-            if not password:
-                raise DataError(f"--password-env: the environment variable {source.password_env} is not set")
-            url = url.set(password=password)
-        try:
-            engine = sqlalchemy.create_engine(url)
-            try:
-                with engine.connect() as conn:
-                    conn = conn.execution_options(stream_results=True)
-                    yield from pd.read_sql(sqlalchemy.text(source.query), conn, chunksize=chunk_rows)
-            finally:
-                engine.dispose()
-        except sqlalchemy.exc.SQLAlchemyError as exc:
-            message = f"{exc.__class__.__name__}: {exc}"
-            raise DataError(f"--input: the SQL query failed on {source.url}: "
-                            f"{message.replace(password, '***') if password else message}") from None
+        with sql_connection(source, password_field="--password-env", failure_field="--input") as conn:
+            conn = conn.execution_options(stream_results=True)
+            yield from pd.read_sql(sqlalchemy.text(source.query), conn, chunksize=chunk_rows)
         return
     fmt = output_format_or_none(source) or "csv"
     try:

@@ -79,9 +79,13 @@ def describe_source(source: str | SqlSource) -> str:
     return source
 
 
-def _read_sql(source: SqlSource) -> pd.DataFrame:
-    """Run the query; the password comes from `password_env` at connect time only, and is
-    scrubbed from any error message (a driver may echo its connection parameters)."""
+@contextlib.contextmanager
+def sql_connection(source: SqlSource, *, password_field: str = "data.source.password_env",
+                   failure_field: str = "data.source") -> Iterator:
+    """A connection for `source`'s query, for training's read and batch prediction's chunks.
+    The password comes from `password_env` at connect time only, and is scrubbed from any
+    error raised inside the block (a driver may echo its connection parameters). The
+    `*_field` names say in errors where the value came from (a spec key, a CLI option)."""
     import sqlalchemy
 
     url = sqlalchemy.engine.make_url(source.url)
@@ -89,21 +93,28 @@ def _read_sql(source: SqlSource) -> pd.DataFrame:
     if source.password_env:
         password = os.environ.get(source.password_env)
         if not password:
-            raise DataError(f"data.source.password_env: the environment variable {source.password_env} is not set "
+            raise DataError(f"{password_field}: the environment variable {source.password_env} is not set "
                             "(set it from a Secret on Kubernetes)")
         url = url.set(password=password)
     try:
         engine = sqlalchemy.create_engine(url)
         try:
             with engine.connect() as conn:
-                return pd.read_sql(sqlalchemy.text(source.query), conn)
+                yield conn
         finally:
             engine.dispose()
     except sqlalchemy.exc.SQLAlchemyError as exc:
         message = f"{exc.__class__.__name__}: {exc}"
         if password:
             message = message.replace(password, "***")
-        raise DataError(f"data.source: the SQL query failed on {source.url}: {message}") from None
+        raise DataError(f"{failure_field}: the SQL query failed on {source.url}: {message}") from None
+
+
+def _read_sql(source: SqlSource) -> pd.DataFrame:
+    import sqlalchemy
+
+    with sql_connection(source) as conn:
+        return pd.read_sql(sqlalchemy.text(source.query), conn)
 
 
 def resolve_source(spec: DataSpec, *, base_dir: Path | None = None) -> tuple[str, str]:

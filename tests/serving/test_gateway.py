@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway_upstreams import free_port, running_gateway, start_upstreams
+from gateway_upstreams import free_port, record, running_gateway, start_upstreams
 from modelcycle.monitoring.predictions import read_prediction_log
 from modelcycle.serving.gateway import GATEWAY, GatewayConfig, in_mirror_sample
 
@@ -33,11 +32,6 @@ from modelcycle.serving.gateway import GATEWAY, GatewayConfig, in_mirror_sample
 def upstreams() -> Iterator[dict[str, str]]:
     with start_upstreams() as urls:
         yield urls
-
-
-def _record(i: int) -> dict[str, float]:
-    rng = np.random.default_rng(i)
-    return {"x1": float(rng.normal()), "x2": float(rng.normal())}
 
 
 async def _post(session: aiohttp.ClientSession, url: str, body: Any, request_id: str | None = None) -> tuple[int, bytes, Any]:
@@ -51,7 +45,7 @@ async def test_production_answers_pass_through_unchanged(upstreams: dict[str, st
     async with aiohttp.ClientSession() as session, running_gateway(config) as (url, _):
         for i in range(20):
             request_id = f"pass-{i}"
-            body = {"records": [_record(i), _record(i + 100)]} if i % 2 else _record(i)
+            body = {"records": [record(i), record(i + 100)]} if i % 2 else record(i)
             via_gateway = await _post(session, url, body, request_id)
             direct = await _post(session, upstreams["production"], body, request_id)
             assert via_gateway[0] == direct[0] == 200
@@ -59,7 +53,7 @@ async def test_production_answers_pass_through_unchanged(upstreams: dict[str, st
             assert via_gateway[2]["X-Request-ID"] == request_id
             assert len(via_gateway[2]["X-Gateway-Request-ID"]) == 32
 
-        status, payload, headers = await _post(session, url, _record(1))
+        status, payload, headers = await _post(session, url, record(1))
         generated = headers["X-Request-ID"]
         assert status == 200 and len(generated) == 32 and int(generated, 16) >= 0
         assert json.loads(payload)["request_id"] == generated
@@ -72,7 +66,7 @@ async def test_a_request_id_that_is_not_visible_ascii_is_refused(upstreams: dict
     config = GatewayConfig(production_url=upstreams["production"], log_dir=tmp_path)
     async with aiohttp.ClientSession() as session, running_gateway(config) as (url, _):
         for bad in ("has space", "x" * 129, "caf\u00e9"):
-            async with session.post(f"{url}/predict", json=_record(1),
+            async with session.post(f"{url}/predict", json=record(1),
                                     headers={"X-Request-ID": bad.encode().decode("latin-1")}) as answer:
                 assert answer.status == 400, bad
                 error = await answer.json()
@@ -82,7 +76,7 @@ async def test_a_request_id_that_is_not_visible_ascii_is_refused(upstreams: dict
 
 async def test_client_errors_from_production_pass_through_unchanged(upstreams: dict[str, str], tmp_path: Path) -> None:
     config = GatewayConfig(production_url=upstreams["production"], shadow_url=upstreams["shadow"], log_dir=tmp_path)
-    bad = {"records": [_record(1), {"x1": 0.5, "x2": "high"}]}
+    bad = {"records": [record(1), {"x1": 0.5, "x2": "high"}]}
     async with aiohttp.ClientSession() as session, running_gateway(config) as (url, _):
         via_gateway = await _post(session, url, bad, "bad-1")
         direct = await _post(session, upstreams["production"], bad, "bad-1")
@@ -126,7 +120,7 @@ async def test_a_broken_shadow_leaves_production_answers_and_latency_unchanged(
             order = ("alone", "mirrored") if n % 2 else ("mirrored", "alone")
             answers = {}
             for name in order:
-                elapsed, answers[name] = await _timed_post(session, urls[name], _record(abs(n)), f"same-{n}")
+                elapsed, answers[name] = await _timed_post(session, urls[name], record(abs(n)), f"same-{n}")
                 if n >= 0:
                     latencies[name].append(elapsed)
             assert answers["mirrored"] == answers["alone"]
@@ -147,7 +141,7 @@ async def test_a_failing_shadow_is_counted_and_rejected(upstreams: dict[str, str
     config = GatewayConfig(production_url=upstreams["production"], shadow_url=upstreams["failing"], log_dir=tmp_path)
     async with aiohttp.ClientSession() as session, running_gateway(config) as (url, app):
         for n in range(10):
-            status, payload, _ = await _post(session, url, _record(n), f"failing-{n}")
+            status, payload, _ = await _post(session, url, record(n), f"failing-{n}")
             assert status == 200 and json.loads(payload)["model_version"] == "1"
         await app[GATEWAY].queue.join()
         async with session.get(f"{url}/metrics") as answer:
@@ -181,7 +175,7 @@ async def test_mirror_sample_is_chosen_by_the_gateways_own_id(upstreams: dict[st
     async with aiohttp.ClientSession() as session:
         async with running_gateway(config) as (url, _):
             for n, request_id in enumerate(ids):
-                assert (await _post(session, url, _record(n), request_id))[0] == 200
+                assert (await _post(session, url, record(n), request_id))[0] == 200
         async with session.get(f"{upstreams['shadow']}/seen") as answer:
             reached_shadow = [i for i in await answer.json() if i in set(ids)]
     log = read_prediction_log(tmp_path)
@@ -217,7 +211,7 @@ async def test_after_sigterm_every_mirrored_request_is_logged_with_both_predicti
                 assert process.poll() is None and time.monotonic() < deadline, "the gateway did not start"
                 await asyncio.sleep(0.05)
             for n, request_id in enumerate(ids):
-                assert (await _post(session, url, _record(n), request_id))[0] == 200
+                assert (await _post(session, url, record(n), request_id))[0] == 200
             async with session.get(f"{upstreams['shadow_delayed']}/seen") as answer:
                 answered_before = len(set(await answer.json()) & set(ids))
         assert read_prediction_log(tmp_path).empty, "nothing should be flushed before the 60 s interval"
@@ -243,8 +237,8 @@ async def test_after_sigterm_every_mirrored_request_is_logged_with_both_predicti
 async def test_feedback_joins_the_label_to_the_request(upstreams: dict[str, str], tmp_path: Path) -> None:
     config = GatewayConfig(production_url=upstreams["production"], log_dir=tmp_path)
     async with aiohttp.ClientSession() as session, running_gateway(config) as (url, _):
-        await _post(session, url, _record(1), "fb-single")
-        await _post(session, url, {"records": [_record(2), _record(3)]}, "fb-batch")
+        await _post(session, url, record(1), "fb-single")
+        await _post(session, url, {"records": [record(2), record(3)]}, "fb-batch")
         for feedback in (
             {"request_id": "fb-single", "label": 1},
             {"request_id": "fb-batch", "label": 0, "row": 1},
@@ -269,7 +263,7 @@ async def test_metrics_and_comparison_expose_what_happened(upstreams: dict[str, 
     config = GatewayConfig(production_url=upstreams["production"], shadow_url=upstreams["shadow"], log_dir=tmp_path)
     async with aiohttp.ClientSession() as session, running_gateway(config) as (url, app):
         for n in range(10):
-            await _post(session, url, _record(n), f"metrics-{n}")
+            await _post(session, url, record(n), f"metrics-{n}")
         await _post(session, url, {"x1": 1.0}, "metrics-bad")
         await app[GATEWAY].queue.join()
         async with session.get(f"{url}/metrics") as answer:
@@ -297,7 +291,7 @@ async def test_metrics_and_comparison_expose_what_happened(upstreams: dict[str, 
 async def test_an_unreachable_production_is_a_502_and_not_ready(upstreams: dict[str, str], tmp_path: Path) -> None:
     config = GatewayConfig(production_url=upstreams["down"], log_dir=tmp_path)
     async with aiohttp.ClientSession() as session, running_gateway(config) as (url, _):
-        status, payload, headers = await _post(session, url, _record(1), "no-production")
+        status, payload, headers = await _post(session, url, record(1), "no-production")
         async with session.get(f"{url}/readyz") as answer:
             ready = answer.status
         async with session.get(f"{url}/healthz") as answer:

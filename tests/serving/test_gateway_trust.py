@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import numpy as np
 import pytest
 
-from gateway_upstreams import running_gateway, start_upstreams
+from gateway_upstreams import record, running_gateway, start_upstreams
 from modelcycle.monitoring.predictions import read_prediction_log
 from modelcycle.serving.gateway import GATEWAY, GatewayConfig, in_mirror_sample
 
@@ -36,11 +35,6 @@ TOKEN = "s3cret-feedback-token"
 def upstreams() -> Iterator[dict[str, str]]:
     with start_upstreams() as urls:
         yield urls
-
-
-def _record(i: int) -> dict[str, float]:
-    rng = np.random.default_rng(i)
-    return {"x1": float(rng.normal()), "x2": float(rng.normal())}
 
 
 async def _predict(session: aiohttp.ClientSession, url: str, body: Any, request_id: str) -> tuple[int, Any]:
@@ -58,7 +52,7 @@ async def test_a_reused_client_id_overwrites_nothing_and_feedback_by_the_gateway
     async with aiohttp.ClientSession() as session, running_gateway(config) as (url, app):
         gateway_ids = []
         for n in range(5):
-            status, headers = await _predict(session, url, _record(n), "reused")
+            status, headers = await _predict(session, url, record(n), "reused")
             assert status == 200 and headers["X-Request-ID"] == "reused"
             gateway_ids.append(headers["X-Gateway-Request-ID"])
         await app[GATEWAY].queue.join()
@@ -82,7 +76,7 @@ async def test_a_client_cannot_choose_which_requests_are_mirrored(upstreams: dic
                            mirror_percent=20, log_dir=tmp_path)
     async with aiohttp.ClientSession() as session, running_gateway(config) as (url, app):
         for n, request_id in enumerate(chosen):
-            assert (await _predict(session, url, _record(n), request_id))[0] == 200
+            assert (await _predict(session, url, record(n), request_id))[0] == 200
         await app[GATEWAY].queue.join()
     log = read_prediction_log(tmp_path)
     mirrored = set(log.loc[log["mirrored"], "request_id"])
@@ -95,7 +89,7 @@ async def test_a_client_cannot_choose_which_requests_are_mirrored(upstreams: dic
 async def test_feedback_without_the_token_is_refused_with_401(upstreams: dict[str, str], tmp_path: Path) -> None:
     config = GatewayConfig(production_url=upstreams["production"], log_dir=tmp_path, feedback_token=TOKEN)
     async with aiohttp.ClientSession() as session, running_gateway(config) as (url, _):
-        _, headers = await _predict(session, url, _record(1), "labelled")
+        _, headers = await _predict(session, url, record(1), "labelled")
         feedback = {"request_id": headers["X-Gateway-Request-ID"], "label": 1}
         for authorization in (None, "Bearer wrong-token", f"Basic {TOKEN}", "Bearer "):
             sent = {"Authorization": authorization} if authorization else {}
@@ -130,7 +124,7 @@ async def test_new_policy_thresholds_apply_without_a_restart(upstreams: dict[str
                            log_dir=tmp_path / "log", policy_file=policy_file, comparison_ttl_s=3600)
     async with aiohttp.ClientSession() as session, running_gateway(config) as (url, app):
         for n in range(8):
-            assert (await _predict(session, url, _record(n), f"policy-{n}"))[0] == 200
+            assert (await _predict(session, url, record(n), f"policy-{n}"))[0] == 200
         await app[GATEWAY].queue.join()
         async with session.get(f"{url}/shadow/comparison") as answer:
             before = await answer.json()
