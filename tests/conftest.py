@@ -1,5 +1,9 @@
 """Shared pytest configuration: plugins every test folder may use."""
 
+import os
+import tempfile
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import yaml
@@ -7,6 +11,19 @@ import yaml
 from fraud_example import load_generator, small_spec_dict
 
 pytest_plugins = ["modelcycle.cluster.testing"]
+
+
+def pytest_configure(config) -> None:
+    """One signing key for the whole run, never the user's (~/.config/modelcycle): every
+    process the tests start signs with it and trusts it, and the operators they start pass
+    its public key to the pods they render, as the chart's `signing.trustedKeys` does."""
+    from modelcycle import signing
+
+    if signing.KEY_ENV in os.environ:
+        return
+    key = Path(tempfile.mkdtemp(prefix="modelcycle-test-keys-")) / "signing-key"
+    os.environ[signing.KEY_ENV] = str(key)
+    os.environ[signing.TRUSTED_ENV] = signing.public_pem(signing.new_key(key).public_key())
 
 
 @pytest.fixture(scope="session")

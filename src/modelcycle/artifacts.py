@@ -3,6 +3,8 @@
 A pickle runs code when it is loaded, so an artifact is only loaded after its bytes match
 the digest recorded when it was written (in a registry manifest, or in the metadata of a
 Kubeflow artifact). A mismatch raises `ArtifactIntegrityError` and nothing is unpickled.
+The sha256 catches corruption, not tampering: a registered version is also signed, and its
+signature checked first (`modelcycle.signing`).
 """
 
 from __future__ import annotations

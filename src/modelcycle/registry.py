@@ -7,9 +7,14 @@ metrics, how it was selected among the candidates, and a status with the gate re
 decided it: `registered` (it passed every gate) or `rejected` (it failed one, and is kept
 for the record). Aliases such as `champion` and `challenger` are movable names for
 registered versions; a rejected version can never be the champion. Manifests written
-before the status was called `registered` say `candidate`, and read as `registered`. The
-artifact is loaded only after its bytes match the recorded sha256, so a tampered pickle is
-refused before it can run any code.
+before the status was called `registered` say `candidate`, and read as `registered`.
+
+Every version is signed when it is registered, with a key kept outside the registry
+(`modelcycle.signing`): the signature covers the name, the number, the artifact's sha256
+and the status, and is recorded in the manifest with the key's id. The artifact is loaded
+only after the signature verifies with a trusted key and the bytes match the sha256, so a
+pickle replaced together with its sha256 is refused before it can run any code. A version
+registered before signing existed is refused until `Registry.sign` signs it.
 
 The registry lives in a local folder by default, or at any fsspec URL (`memory://`,
 `file://`, `s3://`, ...)::
@@ -61,7 +66,7 @@ from filelock import FileLock
 from fsspec.implementations.local import LocalFileSystem
 from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError, field_validator
 
-from modelcycle import artifacts
+from modelcycle import artifacts, signing
 from modelcycle.spec import CandidateScore, Gate
 
 DEFAULT_URI = os.path.join(".modelcycle", "registry")
@@ -98,6 +103,25 @@ class ModelNotFound(RegistryError, KeyError):
 
 class ArtifactIntegrityError(RegistryError, artifacts.ArtifactIntegrityError):
     """The artifact's bytes do not match the manifest's sha256; nothing was unpickled."""
+
+
+class SignatureError(ArtifactIntegrityError, signing.SignatureError):
+    """The version's signature is missing, by a key not trusted here, or does not match; nothing was unpickled."""
+
+
+class SigningKeyError(RegistryError, signing.SigningKeyError):
+    """The signing key or the trusted keys cannot be read."""
+
+
+@contextlib.contextmanager
+def _signing_errors():
+    """Signing's errors as the registry's, which every caller of the registry handles."""
+    try:
+        yield
+    except signing.SignatureError as exc:
+        raise SignatureError(str(exc)) from None
+    except signing.SigningKeyError as exc:
+        raise SigningKeyError(str(exc)) from None
 
 
 class Lineage(BaseModel):
@@ -144,6 +168,15 @@ class ModelVersion(BaseModel):
     """Filled in when read, from the model's aliases.json; not stored in the manifest."""
     annotations: dict[str, str] = {}
     """Set after registration, by packaging for instance (bento tag, image name)."""
+    signature: signing.Signature | None = None
+    """The registry's signature of `statement`; None for a version registered before signing."""
+
+    def statement(self) -> bytes:
+        """What the signature vouches for: name, number, the artifact's sha256 and status."""
+        return signing.statement(name=self.name, version=self.version, sha256=self.sha256, status=self.status)
+
+    def describe(self) -> str:
+        return f"model {self.name} version {self.version}: {self.artifact_uri}"
 
     @field_validator("status", mode="before")
     @classmethod
@@ -179,14 +212,25 @@ def parse_model_ref(text: str) -> tuple[str, str | int]:
 class Registry:
     """Model versions and aliases under one folder or fsspec URL."""
 
-    def __init__(self, uri: str | os.PathLike = DEFAULT_URI, *, storage_options: dict | None = None):
+    def __init__(self, uri: str | os.PathLike = DEFAULT_URI, *, storage_options: dict | None = None,
+                 keyring: signing.Keyring | None = None):
+        """`keyring` signs new versions and verifies them before loading; by default the one
+        the environment describes (`signing.Keyring.from_environment`), read when first needed."""
         self.uri = os.fspath(uri)
+        self._keyring = keyring
         self.fs, root = fsspec.core.url_to_fs(self.uri, **(storage_options or {}))
         self.root = root.rstrip("/")
         self.local = isinstance(self.fs, LocalFileSystem)
 
     def __repr__(self) -> str:
         return f"Registry({self.uri!r})"
+
+    @property
+    def keyring(self) -> signing.Keyring:
+        if self._keyring is None:
+            with _signing_errors():
+                self._keyring = signing.Keyring.from_environment()
+        return self._keyring
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -224,18 +268,32 @@ class Registry:
         return self._read(name, number, aliases)
 
     def load(self, name: str, ref: str | int = "latest") -> object:
-        """The model object, unpickled only after its bytes match the recorded sha256."""
+        """The model object, unpickled only after its signature verifies and its bytes match
+        the signed sha256."""
         version = self.get(name, ref)
-        path = f"{self._dir(name, version.version)}/{ARTIFACT}"
-        what = f"model {name} version {version.version}: {self.fs.unstrip_protocol(path)}"
+        return artifacts.loads(self.verified_bytes(version), sha256=version.sha256, what=version.describe())
+
+    def verified_bytes(self, version: ModelVersion) -> bytes:
+        """The artifact of `version`, read once it is known that a trusted key signed its
+        manifest and that the bytes match the signed sha256; raise `ArtifactIntegrityError`
+        (a `signing.SignatureError` for the signature) otherwise."""
+        with _signing_errors():
+            self.keyring.verify(version.statement(), version.signature, what=version.describe())
+        return self._artifact(version)
+
+    def _artifact(self, version: ModelVersion) -> bytes:
+        """The artifact's bytes, checked against the manifest's sha256 (not its signature)."""
+        what = version.describe()
+        path = f"{self._dir(version.name, version.version)}/{ARTIFACT}"
         try:
             data = self.fs.cat_file(path)
         except FileNotFoundError:
             raise ArtifactIntegrityError(f"{what}: the artifact is missing") from None
-        try:
-            return artifacts.loads(data, sha256=version.sha256, what=what)
-        except artifacts.ArtifactIntegrityError as exc:
-            raise ArtifactIntegrityError(str(exc)) from None
+        found = hashlib.sha256(data).hexdigest()
+        if found != version.sha256:
+            raise ArtifactIntegrityError(f"{what}: sha256 mismatch, expected {version.sha256}, found {found}; "
+                                         "refusing to unpickle it")
+        return data
 
     def profile(self, name: str, ref: str | int = "latest") -> dict[str, Any] | None:
         """The reference profile stored with a version, as JSON; None for a version without one."""
@@ -277,6 +335,8 @@ class Registry:
         failed = [g.name for g in draft.gates if not g.passed]
         if draft.status == "registered" and failed:
             raise RegistryError(f"model {name!r} failed gates {', '.join(failed)}: store it with status 'rejected'")
+        with _signing_errors():
+            self.keyring.signer()  # a missing or unreadable key fails here, before a number is taken
 
         number = self._claim(name)
         folder = self._dir(name, number)
@@ -285,8 +345,30 @@ class Registry:
             self._write(f"{folder}/{PROFILE}", json.dumps(profile, separators=(",", ":")).encode())
         uri = self.fs.unstrip_protocol(f"{folder}/{ARTIFACT}")
         version = draft.model_copy(update={"version": number, "artifact_uri": uri})
+        with _signing_errors():
+            version.signature = self.keyring.sign(version.statement())
         self._write(f"{folder}/{MANIFEST}", version.model_dump_json(indent=2, exclude={"aliases"}).encode())
         return version
+
+    def sign(self, name: str, ref: str | int = "latest") -> ModelVersion:
+        """Sign a version with the keyring's signing key, and return it.
+
+        A signed version is re-signed only once its current signature verifies (key rotation:
+        the old key must still be trusted). An unsigned one, registered before signing existed,
+        is signed once its bytes match its recorded sha256: whoever signs it vouches that the
+        manifest was not tampered with until now. Nothing is unpickled."""
+        self.get(name, ref)  # an unknown model fails here, before its folder is created for the lock
+        with self._lock(name):
+            current = self.get(name, ref)
+            if current.signature is not None:
+                self.verified_bytes(current)
+            else:
+                self._artifact(current)
+            with _signing_errors():
+                signed = current.model_copy(update={"signature": self.keyring.sign(current.statement())})
+            path = f"{self._dir(name, current.version)}/{MANIFEST}"
+            self._write(path, signed.model_dump_json(indent=2, exclude={"aliases"}).encode())
+        return signed
 
     def set_alias(self, name: str, alias: str, version: int) -> None:
         """Point `alias` at `version`, moving it if it pointed elsewhere."""

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from modelcycle import __version__
+from modelcycle import __version__, signing
 from modelcycle.cluster.images import BENTO_UID, BuiltImage, build_bento_image
 from modelcycle.serving.packaging import PackagedBento, package
 
@@ -121,8 +121,10 @@ def test_bento_image_serves_read_only_as_its_user(container_engine, served, bent
     tag = bento_images[1].built.tag
     port = free_port()
     name = f"bento-under-test-{port}"
+    trusted = signing.public_pem(served.registry.keyring.signer().public_key())  # a server holds only the public key
     container_engine.run("run", "-d", "--name", name, "--read-only", "--tmpfs", "/tmp", "--user", str(BENTO_UID),
-                         "--cap-drop=all", "--security-opt=no-new-privileges", "-p", f"127.0.0.1:{port}:3000", tag)
+                         "--cap-drop=all", "--security-opt=no-new-privileges", "-p", f"127.0.0.1:{port}:3000",
+                         "-e", f"{signing.TRUSTED_ENV}={trusted}", tag)
     try:
         url = f"http://127.0.0.1:{port}"
         running = lambda: container_engine.run("inspect", "--format", "{{.State.Running}}", name,  # noqa: E731
@@ -143,6 +145,25 @@ def test_bento_image_serves_read_only_as_its_user(container_engine, served, bent
         logs = container_engine.run("logs", name, check=False)
         container_engine.run("rm", "-f", "-t", "5", name, check=False)
         print((logs.stdout + logs.stderr)[-3000:])
+
+
+def test_bento_image_without_a_trusted_key_never_serves(container_engine, bento_images):
+    """The signature is checked with keys from outside the image: with none, nothing is unpickled."""
+    port = free_port()
+    name = f"bento-without-key-{port}"
+    container_engine.run("run", "-d", "--name", name, "--read-only", "--tmpfs", "/tmp", "--user", str(BENTO_UID),
+                         "-p", f"127.0.0.1:{port}:3000", bento_images[1].built.tag)
+    try:
+        deadline, output = time.monotonic() + 120, ""
+        while time.monotonic() < deadline and "refusing to unpickle it" not in output:
+            time.sleep(1)
+            logs = container_engine.run("logs", name, check=False)
+            output = logs.stdout + logs.stderr
+        assert "unsigned" not in output and "refusing to unpickle it" in output, output[-3000:]
+        assert "expected a signature by a trusted key" in output or "which is not trusted here" in output
+        assert http("GET", f"http://127.0.0.1:{port}/readyz")[0] != 200
+    finally:
+        container_engine.run("rm", "-f", "-t", "5", name, check=False)
 
 
 def test_package_image_command_and_oci_archive(container_engine, served, bento_images, tmp_path):

@@ -5,7 +5,9 @@ parameters: the data source, the data store and the registry are on a real S3 se
 The containers use the host's network, so that 127.0.0.1 (where the test's SeaweedFS
 listens) is the same address inside and out; a cluster would use a Service name instead.
 They run as the image's non-root user; the pipeline root they write to is world-writable
-with the sticky bit, like /tmp, the way a bind mount is made writable for another uid."""
+with the sticky bit, like /tmp, the way a bind mount is made writable for another uid.
+The register task signs with a key given in its environment (``MODELCYCLE_SIGNING_KEY``,
+the PEM text, as a Secret's key set as a variable would be), like the S3 credentials."""
 
 import json
 from datetime import UTC, datetime
@@ -15,6 +17,7 @@ import yaml
 from kfp import local
 
 from fraud_example import small_spec_dict
+from modelcycle import signing
 from modelcycle.cluster.images import PYTHON_IMAGE
 from modelcycle.pipelines import run_local
 from modelcycle.registry import Registry
@@ -41,8 +44,12 @@ def test_pipeline_runs_each_task_in_a_container_on_object_storage(container_engi
     spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
     workdir = tmp_path / "work"
 
+    key = signing.new_key(tmp_path / "signing-key")
+    monkeypatch.setenv(signing.KEY_ENV, str(tmp_path / "signing-key"))  # the SubprocessRunner's tasks inherit it
+    pem = (tmp_path / "signing-key").read_text()
+
     since = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    runner = local.DockerRunner(network_mode="host", environment=object_store.env)
+    runner = local.DockerRunner(network_mode="host", environment={**object_store.env, signing.KEY_ENV: pem})
     result = run_local(spec_path, workdir=workdir, store_uri=f"{bucket}/data", registry_uri=f"{bucket}/registry",
                        runner=runner)
 
@@ -58,11 +65,14 @@ def test_pipeline_runs_each_task_in_a_container_on_object_storage(container_engi
     assert champion.artifact_uri.startswith(f"{bucket}/registry/")
     assert champion.lineage.data_uri == f"{bucket}/data/{champion.lineage.data_version}"
     assert not list(workdir.glob("data")) and not list(workdir.glob("registry"))  # nothing beside the buckets
+    assert champion.signature.key_id == signing.key_id(key.public_key())  # signed in its container
+    assert registry.load(champion.name, champion.version).schema is not None  # and it verifies here
 
     # The same spec through the SubprocessRunner (one shared filesystem) gives the same model.
     local_run = run_local(spec_path, workdir=tmp_path / "subprocess", store_uri=f"{bucket}/data-subprocess",
                           registry_uri=f"{bucket}/registry-subprocess")
     twin = Registry(f"{bucket}/registry-subprocess").get(*local_run.model_version.split("@"))
+    assert twin.signature.key_id == champion.signature.key_id
     assert twin.lineage.data_version == champion.lineage.data_version
     assert twin.params == champion.params
     for key, value in champion.metrics.items():

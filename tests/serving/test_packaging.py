@@ -4,17 +4,17 @@ idempotent; and a tampered artifact is refused, in the registry and inside the b
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from pathlib import Path
 
 import pytest
-import typer
 import yaml
 from typer.testing import CliRunner
 
 from modelcycle.artifacts import ArtifactIntegrityError
-from modelcycle.registry import Registry
-from modelcycle.serving.cli import serving_commands
+from modelcycle.registry import Registry, SignatureError
+from modelcycle.cli.serving import commands as serving_app
 from modelcycle.serving.local import ServingError, serve_bento, stop_process, wait_ready
 from modelcycle.serving.packaging import build_wheel, package
 
@@ -96,15 +96,54 @@ def test_a_tampered_bento_model_is_refused_at_load(tmp_path, served, bento):
         stop_process(server)
 
 
+def test_an_artifact_replaced_with_its_sha256_is_not_packaged(tmp_path, served):
+    """Whoever can write the registry can change the sha256 too, but not the signature."""
+    shutil.copytree(served.registry.uri, tmp_path / "registry")
+    folder = tmp_path / "registry" / "fraud" / "versions" / "2"
+    forged = (tmp_path / "registry" / "fraud" / "versions" / "1" / "model.joblib").read_bytes()
+    (folder / "model.joblib").write_bytes(forged)
+    manifest = json.loads((folder / "version.json").read_text())
+    manifest["sha256"] = hashlib.sha256(forged).hexdigest()
+    (folder / "version.json").write_text(json.dumps(manifest))
+    with pytest.raises(SignatureError, match="model fraud version 2: .* does not match"):
+        package(Registry(tmp_path / "registry"), "fraud@2", workdir=tmp_path)
+    assert not (tmp_path / "bentoml").exists()
+
+
+def test_a_bento_whose_model_and_pinned_sha256_were_replaced_never_serves(tmp_path, served, bento):
+    """The bento's model swapped for another model, and its entry module's sha256 changed to
+    match: the signature, checked with a key from outside the bento, refuses it."""
+    shutil.copytree(served.workdir / "bentoml", tmp_path / "bentoml", ignore=shutil.ignore_patterns("tmp"))
+    name, model_version = bento.model_tag.split(":")
+    other = served.registry.verified_bytes(served.registry.get("fraud", 2))
+    (tmp_path / "bentoml" / "models" / name / model_version / "model.joblib").write_bytes(other)
+    entry = tmp_path / "bentoml" / "bentos" / Path(bento.path).relative_to(served.workdir / "bentoml" / "bentos")
+    entry = entry / "src" / "service.py"
+    version = served.registry.get("fraud", 1)
+    entry.write_text(entry.read_text().replace(version.sha256, hashlib.sha256(other).hexdigest()))
+    server = serve_bento(bento, role="forged", workdir=tmp_path)
+    try:
+        with pytest.raises(ServingError, match="does not match") as failure:
+            wait_ready(server, timeout_s=90)
+        assert "model fraud version 1" in str(failure.value) and "refusing to unpickle it" in str(failure.value)
+    finally:
+        stop_process(server)
+
+
+def test_the_bento_carries_the_versions_signature(served, bento):
+    version = served.registry.get("fraud", 1)
+    service = (Path(bento.path) / "src" / "service.py").read_text()
+    assert f"model_signature = {version.signature.model_dump()!r}" in service
+    assert f"model_status = {version.status!r}" in service
+
+
 def test_the_package_command(served, bento):
-    app = typer.Typer()
-    serving_commands(app)
     runner = CliRunner()
     args = ["--workdir", str(served.workdir), "--registry", served.registry.uri]
-    no_version = runner.invoke(app, ["package", "fraud", *args])
+    no_version = runner.invoke(serving_app, ["package", "fraud", *args])
     assert no_version.exit_code == 2 and "fraud@champion" in no_version.output
-    unknown = runner.invoke(app, ["package", "nope@1", *args])
+    unknown = runner.invoke(serving_app, ["package", "nope@1", *args])
     assert unknown.exit_code == 2 and "model 'nope' not found" in unknown.output
-    done = runner.invoke(app, ["package", "fraud@1", *args])
+    done = runner.invoke(serving_app, ["package", "fraud@1", *args])
     assert done.exit_code == 0, done.output
     assert f"already built: bento {bento.tag}" in done.output and "Dockerfile" in done.output

@@ -11,7 +11,11 @@ The spec travels as YAML text in the `spec_yaml` parameter, so a compiled pipeli
 self-contained and the Kubeflow UI shows the exact spec of every run.
 
 A model artifact's sha256 is written into its metadata by the component that saved it,
-and the next component checks it before unpickling.
+and the next component checks it before unpickling. `register` signs the version it
+registers (`modelcycle.signing`) with the key its environment names: ``MODELCYCLE_SIGNING_KEY``,
+a mounted Secret's file or the Secret's key as the variable itself, set on its pod like the
+``AWS_*`` credentials (kfp.local's SubprocessRunner passes the parent's environment on; a
+DockerRunner takes it in its ``environment``).
 """
 
 

@@ -1,9 +1,13 @@
 """The bento: one registered model version behind BentoML's HTTP server.
 
-`modelcycle package` writes a two-line entry module into each bento that subclasses
-`ModelService` with the model's BentoML tag and its sha256 (see `packaging`). At start the
-service reads the artifact from the bento's model store, refuses it unless its bytes match
-that sha256, and only then unpickles it; a worker that refuses never becomes ready.
+`modelcycle package` writes a short entry module into each bento that subclasses
+`ModelService` with the model's BentoML tag, its sha256, its status and the registry's
+signature of them (see `packaging`). At start the service reads the artifact from the
+bento's model store, refuses it unless the signature verifies with a key trusted here
+(``MODELCYCLE_TRUSTED_KEYS``, or the signing key: `modelcycle.signing`, never a key inside
+the bento) and its bytes match that sha256, and only then unpickles it; a worker that
+refuses never becomes ready. The model server (`modelcycle.serving.model_server`) is the
+same service with the model read from the registry instead (`ModelService.load_model`).
 
 Routes (BentoML adds ``/livez``, ``/healthz``, ``/readyz`` and ``/metrics``):
 
@@ -45,6 +49,7 @@ import json
 import logging
 import re
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -52,7 +57,7 @@ import bentoml
 from pydantic import BaseModel
 from starlette.responses import Response
 
-from modelcycle import artifacts
+from modelcycle import artifacts, signing
 from modelcycle.serving.fastpath import FastPath
 from modelcycle.serving.requests import InvalidRequest, RecordChecker, RecordWarning, parse_records
 
@@ -80,6 +85,19 @@ queue before BentoML sheds it with a 503. The batcher waits only as long as its 
 estimate says a bigger batch pays off (a few milliseconds here); the bound is for overload."""
 
 
+@dataclass(frozen=True)
+class LoadedModel:
+    """A verified, unpickled model and who it is."""
+
+    name: str
+    version: str
+    sha256: str
+    model: Any
+    """The `TrainedModel`."""
+    what: str
+    """Where it came from, in words, for logs and errors."""
+
+
 class Answer(BaseModel):
     """What ``POST /predict`` answers (written by hand in the handler, this is its schema)."""
 
@@ -94,22 +112,26 @@ class Answer(BaseModel):
 
 
 class ModelService:
-    """The HTTP face of a `TrainedModel`. Subclassed per bento with `model_ref` and `model_sha256`."""
+    """The HTTP face of a `TrainedModel`. Subclassed per bento with `model_ref`, `model_sha256`,
+    `model_status` and `model_signature`; or with `load_model` replaced, by the model server."""
 
     model_ref: ClassVar[bentoml.models.BentoModel]
     """The model in the BentoML store; on an instance it reads as the stored `bentoml.Model`."""
     model_sha256: ClassVar[str]
+    model_status: ClassVar[str] = ""
+    """The version's status in the registry, part of what the signature covers."""
+    model_signature: ClassVar[dict[str, str] | None] = None
+    """The registry's `signing.Signature` of the version, as a dict; None in a bento packaged
+    before signing existed, which is refused like any unsigned version (package it again)."""
 
     def __init__(self) -> None:
-        stored = self.model_ref  # the descriptor resolves to the stored bentoml.Model
-        self.name = stored.info.labels.get("modelcycle.model", stored.tag.name)
-        self.version = stored.info.labels.get("modelcycle.version", stored.tag.version or "")
-        self.model = load_verified(Path(stored.path) / ARTIFACT, sha256=self.model_sha256,
-                                   what=f"bento model {stored.tag}")
+        loaded = self.load_model()
+        self.name, self.version, self.model_sha256, self.model = (
+            loaded.name, loaded.version, loaded.sha256, loaded.model)
         if self.model.schema is None:
-            raise RuntimeError(f"bento model {stored.tag} has no data schema: it cannot validate requests")
+            raise RuntimeError(f"{loaded.what} has no data schema: it cannot validate requests")
         self.checker = RecordChecker(self.model.schema)
-        self.fast_path = FastPath.start(self.model, what=f"bento model {stored.tag}")
+        self.fast_path = FastPath.start(self.model, what=loaded.what)
         self.classes = [str(c) for c in self.model.classes] if self.model.classes is not None else None
         self.raw_headers = [(b"x-model", self.name.encode()), (b"x-model-version", self.version.encode())]
 
@@ -125,6 +147,17 @@ class ModelService:
                                for w in self.checker.possible_warnings}
         self.fast_path.publish()
         logger.info("serving model %s version %s (sha256 %s)", self.name, self.version, self.model_sha256)
+
+    def load_model(self) -> LoadedModel:
+        """The bento's model, from its model store, verified before it is unpickled."""
+        stored = self.model_ref  # the descriptor resolves to the stored bentoml.Model
+        name = stored.info.labels.get("modelcycle.model", stored.tag.name)
+        version = stored.info.labels.get("modelcycle.version", stored.tag.version or "")
+        what = f"bento model {stored.tag} (model {name} version {version})"
+        message = signing.statement(name=name, version=int(version), sha256=self.model_sha256, status=self.model_status)
+        signing.Keyring.from_environment().verify(message, self.model_signature, what=what)
+        model = load_verified(Path(stored.path) / ARTIFACT, sha256=self.model_sha256, what=what)
+        return LoadedModel(name=name, version=version, sha256=self.model_sha256, model=model, what=what)
 
     @bentoml.api(route="/predict", output_spec=Answer)
     async def predict(self, ctx: bentoml.Context) -> Response:

@@ -1,8 +1,9 @@
 """Packaging: a registered model version becomes a BentoML bento, ready to containerize.
 
 A bento holds everything a model server needs: the model artifact in the bento's model
-store, an entry module that pins the artifact's sha256 (`modelcycle.serving.bento` refuses
-any other bytes), a wheel of modelcycle itself, and the Dockerfile BentoML generates from
+store, an entry module that pins the artifact's sha256 and carries the registry's signature
+of the version (`modelcycle.serving.bento` refuses other bytes, and a signature that no
+trusted key made), a wheel of modelcycle itself, and the Dockerfile BentoML generates from
 them (``env/docker/Dockerfile``), which installs that wheel. `bentoml containerize <tag>`
 turns it into an image on a machine with a container engine; the image name it will have
 is recorded on the model version next to the bento tag (`Registry.annotate`);
@@ -102,11 +103,14 @@ def package(registry: Registry, ref: str, *, workdir: str | os.PathLike, wheel: 
     wheel_path = _given_wheel(wheel) if wheel is not None else None
     code = f"wheel-{_sha256_file(wheel_path)}" if wheel_path else f"source-{source_digest()}"
     requirements = serving_requirements()
-    digest = hashlib.sha256(f"{version.sha256}\n{code}\n{requirements}".encode()).hexdigest()[:12]
+    signature = version.signature.value  # re-signed with a new key (rotation): a new bento
+    digest = hashlib.sha256(f"{version.sha256}\n{signature}\n{code}\n{requirements}".encode()).hexdigest()[:12]
     build = {
         "name": name,
         "version": version.version,
         "sha256": version.sha256,
+        "status": version.status,
+        "signature": version.signature.model_dump(),
         "model_tag": f"{name}:{version.version}-{version.sha256[:12]}",
         "bento_version": f"{version.version}-{digest}",
         "labels": {"modelcycle.model": name, "modelcycle.version": str(version.version),
@@ -164,17 +168,14 @@ def _already_built(workdir: str | os.PathLike, build: dict) -> PackagedBento | N
 
 
 def _verified_artifact(registry: Registry, version: ModelVersion) -> bytes:
-    """The artifact's bytes, checked against the manifest and unpickled once to see that it
-    can serve: a bento of a model without a data schema could not validate requests."""
-    what = f"model {version.name} version {version.version}: {version.artifact_uri}"
-    try:
-        data = registry.fs.cat_file(version.artifact_uri)
-    except FileNotFoundError:
-        raise artifacts.ArtifactIntegrityError(f"{what}: the artifact is missing") from None
-    model = artifacts.loads(data, sha256=version.sha256, what=what)
+    """The artifact's bytes, checked against the manifest's signature and sha256 and unpickled
+    once to see that it can serve: a bento of a model without a data schema could not validate
+    requests."""
+    data = registry.verified_bytes(version)
+    model = artifacts.loads(data, sha256=version.sha256, what=version.describe())
     if not isinstance(model, TrainedModel) or model.schema is None:
-        raise PackagingError(f"{what}: not a trained model with a data schema (found {type(model).__name__}); "
-                             "only models registered by the pipeline can be served")
+        raise PackagingError(f"{version.describe()}: not a trained model with a data schema "
+                             f"(found {type(model).__name__}); only models registered by the pipeline can be served")
     return data
 
 
@@ -190,6 +191,8 @@ from modelcycle.serving.bento import SERVICE_CONFIG, ModelService, RequestEdge
 class {ENTRY_CLASS}(ModelService):
     model_ref = bentoml.models.BentoModel({build["model_tag"]!r})
     model_sha256 = {build["sha256"]!r}
+    model_status = {build["status"]!r}
+    model_signature = {build["signature"]!r}
 
 
 {ENTRY_CLASS}.add_asgi_middleware(RequestEdge)
