@@ -19,6 +19,10 @@ kwok pods run nothing, so the Deployments and the ConfigMap are taken from the A
    env. The test expands the gateway's ``$(VAR)`` arguments as the kubelet would: from the
    container's own env entries, resolved through their ``configMapKeyRef`` in the
    (rewritten) ConfigMap, and fails if a reference is left unresolved.
+5. The gateway's feedback Secret, read back from the API server, is played with its
+   metadata cut to its name. podman 4.3 writes a mounted Secret's values base64-encoded
+   where the kubelet writes them decoded, so the test takes the token from the file in the
+   gateway's container, after checking that it is the Secret's value in either form.
 
 kube play honours runAsUser, readOnlyRootFilesystem and resource limits; it ignores
 readiness probes and turns liveness into a health check that runs `curl` inside the image
@@ -27,9 +31,11 @@ readiness probes and turns liveness into a health check that runs `curl` inside 
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -37,7 +43,14 @@ import yaml
 from test_bento_image import bento_images, free_port, http, in_process, served, wait_http  # noqa: F401
 
 from modelcycle.cluster.images import PYTHON_IMAGE
-from modelcycle.operator.resources import GATEWAY_PORT, GATEWAY_UID, MODEL_PORT, MODEL_SERVER_UID, PREDICTION_LOG_DIR
+from modelcycle.operator.resources import (
+    GATEWAY_PORT,
+    GATEWAY_UID,
+    MODEL_PORT,
+    MODEL_SERVER_UID,
+    POLICY_KEY,
+    PREDICTION_LOG_DIR,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
 from modeldeployments import CRD, ModelDeployments, OperatorProcess, wait_for  # noqa: E402
@@ -86,10 +99,12 @@ class KubePlay:
         self.engine, self.folder = engine, folder
         self.played: list[Path] = []
         self.pods: dict[str, str] = {}
+        self.secrets: list[str] = []
 
-    def play(self, name: str, manifest: dict, *, configmap: dict | None = None) -> str:
+    def play(self, name: str, manifest: dict, *, configmap: dict | None = None, secrets: tuple[dict, ...] = ()) -> str:
         path = self.folder / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(manifest))
+        path.write_text(yaml.safe_dump_all([*secrets, manifest]))
+        self.secrets += [secret["metadata"]["name"] for secret in secrets]
         args = ["kube", "play"]
         if configmap is not None:
             configmap_path = self.folder / f"{name}-configmap.yaml"
@@ -123,6 +138,8 @@ class KubePlay:
     def down(self) -> None:
         for path in reversed(self.played):
             self.engine.run("kube", "down", str(path), check=False, timeout=120)
+        for secret in self.secrets:  # kube play keeps a played Secret as a podman secret
+            self.engine.run("secret", "rm", secret, check=False)
 
 
 @pytest.fixture
@@ -160,11 +177,13 @@ def applied(control_plane, namespace, bento_images, tmp_path):
                          for name in ("production", "shadow", "gateway")}
                 found["configmap"] = json.loads(control_plane.kubectl("get", "configmap", "fraud-gateway", "-n",
                                                                       namespace, "-o", "json").stdout)
+                found["secret"] = json.loads(control_plane.kubectl("get", "secret", "fraud-feedback", "-n",
+                                                                   namespace, "-o", "json").stdout)
             except Exception:  # noqa: BLE001 - not applied yet
                 return None
             return found
 
-        yield wait_for(read_back, timeout=60, what="the operator's Deployments and ConfigMap")
+        yield wait_for(read_back, timeout=60, what="the operator's Deployments, ConfigMap and Secret")
     finally:
         operator.stop()
         print(operator.tail())
@@ -181,8 +200,10 @@ def test_operator_pods_serve_production_and_log_the_shadow(applied, kube_play, s
                           "PRODUCTION_URL": f"http://{kube_play.pod_ip('production')}:{MODEL_PORT}",
                           "SHADOW_URL": f"http://{kube_play.pod_ip('shadow')}:{MODEL_PORT}"}}
     assert any("$(" in arg for arg in applied["gateway"]["spec"]["template"]["spec"]["containers"][0]["args"])
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": applied["secret"]["metadata"]["name"]},
+              "type": applied["secret"]["type"], "data": applied["secret"]["data"]}
     kube_play.play("gateway", playable(applied["gateway"], {GATEWAY_PORT: ports["gateway"]}, configmap),
-                   configmap=configmap)
+                   configmap=configmap, secrets=(secret,))
 
     # Each pod runs under the operator's security context: its user, a read-only root, its limits.
     for name, uid in (("production", MODEL_SERVER_UID), ("shadow", MODEL_SERVER_UID), ("gateway", GATEWAY_UID)):
@@ -210,6 +231,15 @@ def test_operator_pods_serve_production_and_log_the_shadow(applied, kube_play, s
     args = kube_play.container("gateway")["Args"]
     assert f"--production-url=http://{kube_play.pod_ip('production')}:{MODEL_PORT}" in args, args
     assert "--mirror-percent=100" in args, args
+    # The feedback token (rewrite 5) and the promotion policy are files of the pod's volumes.
+    token_file = next(arg.split("=", 1)[1] for arg in args if arg.startswith("--feedback-token-file="))
+    mounted = kube_play.engine.run("exec", kube_play.container("gateway")["Id"], "cat", token_file).stdout.strip()
+    assert mounted in (base64.b64decode(secret["data"]["token"]).decode(), secret["data"]["token"])
+    assert http("POST", f"{gateway}/feedback", {"request_id": "x", "label": 1})[0] == 401
+    labelled = urllib.request.Request(f"{gateway}/feedback", data=b'{"request_id": "x", "label": 1}', headers={
+        "Content-Type": "application/json", "Authorization": f"Bearer {mounted}"})
+    with urllib.request.urlopen(labelled, timeout=10) as answer:
+        assert answer.status == 202
 
     # Through the gateway, clients get production's answer.
     requests = 8
@@ -237,4 +267,5 @@ def test_operator_pods_serve_production_and_log_the_shadow(applied, kube_play, s
     comparison = json.loads(body)
     assert comparison["production_versions"] == ["1"] and comparison["shadow_versions"] == ["2"]
     assert comparison["compared_requests"] == requests
+    assert comparison["policy"] == json.loads(configmap["data"][POLICY_KEY])
     print(f"comparison: agreement {comparison['agreement']}, verdict {comparison['verdict']}")

@@ -213,8 +213,8 @@ def test_a_reader_follows_a_growing_log_reading_each_byte_once(tmp_path: Path) -
     with segment.open("ab") as file:
         file.write(b'"label":0,"row":null}\n')
     assert reader.refresh().frame().set_index("request_id").loc["b0", "label"] == 0
-    assert reader._read[segment][0] == read_so_far + len(b'{"type":"feedback","request_id":"b0","ts":1.0,'
-                                                           b'"label":0,"row":null}\n')
+    assert reader.tail.consumed(segment) == read_so_far + len(b'{"type":"feedback","request_id":"b0","ts":1.0,'
+                                                                b'"label":0,"row":null}\n')
     with segment.open("ab") as file:
         file.write(b"not json\n" + json.dumps({"type": "feedback", "request_id": "b1", "ts": 2.0, "label": 1}).encode()
                    + b"\n")

@@ -90,7 +90,8 @@ def test_a_followed_log_compares_like_the_whole_log(tmp_path: Path) -> None:
     write_log(tmp_path / "log", requests=300, disagreements=6, seed=1)
     early = compare_followed_log(tmp_path / "log", policy=POLICY)
     assert early.verdict == "hold" and early.requests == 300
-    # A second writer logs r0..r699 again: the later entries win, followed or read whole.
+    # A second writer logs r0..r699 again: ids already logged keep their first entries
+    # (what a retried write leaves), followed or read whole.
     write_log(tmp_path / "log", requests=700, disagreements=150, seed=2)
     later = compare_followed_log(tmp_path / "log", policy=POLICY)
     whole = compare_shadow(read_prediction_log(tmp_path / "log"), policy=POLICY)

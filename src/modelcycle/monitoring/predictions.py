@@ -62,9 +62,10 @@ deletes whole segments, oldest first, once they are older than `retain_age_s` or
 log holds more than `retain_bytes`; the open segment is never deleted. What it deleted is
 counted in `PredictionLogWriter.stats`.
 
-A full disk. When a write fails (disk full) the entries stay buffered and are retried in a
-fresh segment at the next flush; the ones that had been written before the failure then
-appear twice, and `read_prediction_log` keeps one of each. Until a write succeeds again the
+A full disk. When a write fails (disk full) the entries it did not write whole stay
+buffered and are retried in a fresh segment at the next flush (the failed segment may end
+in a torn line, which readers skip); the ones written whole are not written again, so no
+entry appears twice. Should one appear twice all the same, readers keep the first. Until a write succeeds again the
 writer sheds ``shadow`` entries (the evidence of a mirror, never of a production answer),
 and the buffer never holds more than `max_buffered_bytes`: past it new entries are dropped.
 Every dropped entry is counted in `PredictionLogWriter.stats`, by type and reason. Nothing
@@ -75,6 +76,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import itertools
 import json
 import logging
 import os
@@ -83,7 +85,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypedDict
+from typing import TYPE_CHECKING, Annotated, Any, BinaryIO, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -96,6 +98,7 @@ __all__ = [
     "PredictionLogReader",
     "PredictionLogSettings",
     "PredictionLogStats",
+    "PredictionLogTail",
     "PredictionLogWriter",
     "UpstreamAnswer",
     "iter_log_entries",
@@ -204,6 +207,8 @@ class PredictionLogWriter:
         self._segment_opened_at = 0.0
         self._segment_bytes = 0
         self._segment_broken = False
+        self._lines_written = 0
+        """Lines of the flush under way written whole so far."""
         self._flusher = threading.Thread(
             target=self._flush_periodically, name="prediction-log-flusher", daemon=True
         )
@@ -276,11 +281,12 @@ class PredictionLogWriter:
         with self._io_lock:
             with self._buffer_lock:
                 entries, self._buffer, self._buffered_bytes = self._buffer, [], 0
+            self._lines_written = 0
             try:
                 if entries:
                     self._write_lines([line for _, line in entries])
             except OSError:
-                self._keep_unwritten(entries)
+                self._keep_unwritten(entries[self._lines_written:])
                 self._expire_segments()
                 raise
             with self._buffer_lock:
@@ -289,10 +295,11 @@ class PredictionLogWriter:
                 self._expire_segments()
 
     def _keep_unwritten(self, entries: list[tuple[str, bytes]]) -> None:
-        """Put the entries of a failed write back in front of the buffer, minus shadow entries
-        and whatever does not fit, counted."""
+        """Put the entries a failed write did not write whole back in front of the buffer,
+        minus shadow entries and whatever does not fit, counted."""
         if self._segment_bytes:
-            # Part of the lines may be in the segment, the last one torn: go on in a new one.
+            # The segment may end in a torn line: go on in a new one, so that the torn line
+            # stays an unterminated last line, which readers skip.
             self._segment_broken = True
         with self._buffer_lock:
             self._disk_full = True
@@ -426,14 +433,21 @@ class PredictionLogWriter:
         return used > 0 and used + line > self.settings.max_segment_bytes
 
     def _write_chunk(self, chunk: list[bytes]) -> None:
+        """Write lines to the open segment, counting in `_lines_written` those written whole,
+        also when a write fails part way: only the others are written again, so that no
+        entry appears twice in the log."""
         if not chunk:
             return
         assert self._fd is not None
         data = memoryview(b"".join(chunk))
-        while data:
-            written = os.write(self._fd, data)
-            self._segment_bytes += written
-            data = data[written:]
+        done = 0
+        try:
+            while done < len(data):
+                written = os.write(self._fd, data[done:])
+                self._segment_bytes += written
+                done += written
+        finally:
+            self._lines_written += sum(1 for end in itertools.accumulate(map(len, chunk)) if end <= done)
 
     def _open_segment(self) -> None:
         now = self._clock()
@@ -476,29 +490,98 @@ def iter_log_entries(log_dir: str | os.PathLike[str]) -> Iterator[dict[str, Any]
     terminated last line that does not parse (a torn write the OS padded). Any other line
     that does not parse raises `LogFormatError` naming the file and line.
     """
-    for path in segment_paths(log_dir):
-        yield from _parse_lines(path, path.read_bytes(), first_line=1)
-
-
-def _parse_lines(path: Path, data: bytes, *, first_line: int) -> Iterator[dict[str, Any]]:
-    """The entries in the complete lines of `data`, read from `path` at line `first_line`."""
-    complete = data.split(b"\n")[:-1]
-    for number, line in enumerate(complete, start=first_line):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except ValueError as exc:
-            if number == first_line + len(complete) - 1:
-                logger.warning("skipping a torn last line in %s", path)
-                continue
-            raise LogFormatError(f"{path}:{number}: expected a JSON log entry, found {line[:80]!r} ({exc})") from exc
-        if not isinstance(entry, dict) or entry.get("type") not in ("request", "shadow", "feedback"):
-            raise LogFormatError(
-                f"{path}:{number}: expected an object with type request, shadow or feedback, "
-                f"found {line[:80]!r}"
-            )
+    for _, entry in PredictionLogTail(log_dir).entries():
         yield entry
+
+
+class PredictionLogTail:
+    """Follows the log's segments: each `entries` call yields what was appended since the last.
+
+    Segments are read in blocks, never whole, so following a log costs memory for one block
+    and the longest line, whatever the size of the segments. Each segment is read from where
+    the last call stopped, after the last complete line, so a line being written is picked
+    up whole by a later call.
+    """
+
+    def __init__(self, log_dir: str | os.PathLike[str]) -> None:
+        self.log_dir = Path(log_dir)
+        self._read: dict[Path, tuple[int, int]] = {}
+        """Per segment: bytes consumed and lines consumed."""
+
+    def consumed(self, segment: str | os.PathLike[str]) -> int:
+        """Bytes of `segment` read so far."""
+        return self._read.get(Path(segment), (0, 0))[0]
+
+    def vanished(self) -> list[Path]:
+        """Segments read before and deleted since (by retention), now forgotten."""
+        present = set(segment_paths(self.log_dir))
+        gone = [path for path in self._read if path not in present]
+        for path in gone:
+            del self._read[path]
+        return gone
+
+    def entries(self) -> Iterator[tuple[Path, dict[str, Any]]]:
+        """(segment, entry) for every complete entry appended since the last call, oldest
+        segment first. A `LogFormatError` leaves the damaged line unread: it is raised again."""
+        for path in segment_paths(self.log_dir):
+            offset, lines = self._read.get(path, (0, 0))
+            try:
+                segment = open(path, "rb")
+            except FileNotFoundError:  # expired and removed since it was listed
+                self._read.pop(path, None)
+                continue
+            with segment:
+                segment.seek(offset)
+                for entry, size in _complete_lines(path, segment, first_line=lines + 1):
+                    offset, lines = offset + size, lines + 1
+                    self._read[path] = (offset, lines)
+                    if entry is not None:
+                        yield path, entry
+
+
+_BLOCK_BYTES = 2**20
+"""How much of a segment is read at a time."""
+
+
+def _complete_lines(path: Path, stream: BinaryIO, *, first_line: int) -> Iterator[tuple[dict[str, Any] | None, int]]:
+    """(entry, bytes with its newline) of each complete line from the stream's position; the
+    entry is None for a blank line and for a last line that does not parse (skipped)."""
+    pieces: list[bytes] = []
+    held: bytes | None = None
+    number = first_line - 1
+    while block := stream.read(_BLOCK_BYTES):
+        cut = block.rfind(b"\n")
+        if cut < 0:
+            pieces.append(block)
+            continue
+        pieces.append(block[:cut])
+        data, pieces = b"".join(pieces), [block[cut + 1:]]
+        for line in data.split(b"\n"):
+            if held is not None:
+                number += 1
+                yield _entry(path, held, number, last=False), len(held) + 1
+            held = line
+    if held is not None:
+        yield _entry(path, held, number + 1, last=True), len(held) + 1
+
+
+def _entry(path: Path, line: bytes, number: int, *, last: bool) -> dict[str, Any] | None:
+    """The entry in one complete line, read from `path` at line `number`."""
+    if not line.strip():
+        return None
+    try:
+        entry = json.loads(line)
+    except ValueError as exc:
+        if last:
+            logger.warning("skipping a torn last line in %s", path)
+            return None
+        raise LogFormatError(f"{path}:{number}: expected a JSON log entry, found {line[:80]!r} ({exc})") from exc
+    if not isinstance(entry, dict) or entry.get("type") not in ("request", "shadow", "feedback"):
+        raise LogFormatError(
+            f"{path}:{number}: expected an object with type request, shadow or feedback, "
+            f"found {line[:80]!r}"
+        )
+    return entry
 
 
 COLUMNS = [
@@ -542,20 +625,19 @@ def read_prediction_log(log_dir: str | os.PathLike[str]) -> pd.DataFrame:
 class PredictionLogReader:
     """Follows a prediction log: each `refresh` parses only what was appended since the last.
 
-    For a process that looks at a growing log again and again (the gateway's shadow
-    comparison): the files are read from where the last refresh stopped, at the last
-    complete line, so a line being written is picked up whole by a later refresh. The
-    joined entries stay in memory: with a seven-field record, 100,000 requests took about
-    700 MB of RSS to follow and compare (`keep_records=False` cuts it, see there).
+    For a process that looks at a growing log again and again (the monitoring worker): the
+    files are read by a `PredictionLogTail`. The joined entries stay in memory, also after
+    retention deleted their segment, until `forget`: with a seven-field record, 100,000
+    requests took about 700 MB of RSS to follow. The shadow comparison does not use it: it
+    keeps a few numbers per request (`modelcycle.monitoring.shadow.ShadowEvidenceReader`).
     """
 
     def __init__(self, log_dir: str | os.PathLike[str], *, keep_records: bool = True) -> None:
         self.log_dir = Path(log_dir)
         self.keep_records = keep_records
         """False leaves the ``record`` column empty: the input features are most of an
-        entry's memory, and comparing the two models' answers does not need them."""
-        self._read: dict[Path, tuple[int, int]] = {}
-        """Per segment: bytes consumed and lines consumed."""
+        entry's memory."""
+        self.tail = PredictionLogTail(log_dir)
         self._requests: dict[str, dict[str, Any]] = {}
         self._shadows: dict[str, dict[str, Any]] = {}
         self._labels: dict[tuple[str, int | None], tuple[float, Any]] = {}
@@ -565,21 +647,8 @@ class PredictionLogReader:
 
     def refresh(self) -> PredictionLogReader:
         """Parse the complete lines appended to every segment since the last refresh."""
-        for path in segment_paths(self.log_dir):
-            offset, lines = self._read.get(path, (0, 0))
-            try:
-                with open(path, "rb") as segment:
-                    segment.seek(offset)
-                    data = segment.read()
-            except FileNotFoundError:  # expired and removed since it was listed
-                self._read.pop(path, None)
-                continue
-            end = data.rfind(b"\n") + 1
-            if not end:
-                continue
-            for entry in _parse_lines(path, data[:end], first_line=lines + 1):
-                self._add(entry)
-            self._read[path] = (offset + end, lines + data.count(b"\n", 0, end))
+        for _, entry in self.tail.entries():
+            self._add(entry)
         return self
 
     def forget(self, request_ids: set[str]) -> None:
@@ -650,6 +719,8 @@ class PredictionLogReader:
     def _add(self, entry: dict[str, Any]) -> None:
         kind = entry["type"]
         if kind == "request":
+            if entry["request_id"] in self._requests:  # written again by a retried write: keep the first
+                return
             if not self.keep_records:
                 entry["records"] = None
             self._requests[entry["request_id"]] = entry
@@ -659,7 +730,7 @@ class PredictionLogReader:
                 if latest is None or entry["ts"] >= latest["ts"]:
                     self._latest_for_client[client_id] = entry["request_id"]
         elif kind == "shadow":
-            self._shadows[entry["request_id"]] = entry
+            self._shadows.setdefault(entry["request_id"], entry)
         else:
             key = (entry["request_id"], entry.get("row"))
             if key not in self._labels or entry["ts"] >= self._labels[key][0]:

@@ -29,8 +29,14 @@ side, and is *inconclusive* otherwise. Then:
   inconclusive (the data cannot yet tell the shadow from the threshold);
 - **promote** when all checks pass on at least `min_requests` compared requests.
 
-pandas, scipy and matplotlib are imported by the functions that use them: the gateway imports
-this module for `ShadowPolicy` and should start in well under a second.
+numpy, pandas, scipy and matplotlib are imported by the functions that use them: the gateway
+imports this module for `ShadowPolicy` and should start in well under a second, and the
+operator, whose image has no scientific stack, takes its promotion defaults from `ShadowPolicy`.
+
+Memory. A comparison needs counts and a few numbers per compared request, not the log's
+entries: `ShadowEvidence` holds just that, and `ShadowEvidenceReader` builds it while it
+follows a log, segment by segment, so the gateway's worker holds about 60 bytes per request
+plus its id, and lets go of a segment's share when retention deletes the segment.
 
 The verdict is meant to be recomputed as traffic flows. Looking repeatedly raises the chance
 that a shadow sitting right at a threshold is rejected by noise at some look; a shadow
@@ -41,28 +47,34 @@ a person to read, not part of the verdict: a retrained model is expected to move
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import html
 import io
 import math
 import os
 import statistics
+from array import array
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from modelcycle.monitoring.predictions import COLUMNS, PredictionLogReader
+from modelcycle.monitoring.predictions import COLUMNS, PredictionLogTail
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
 
 __all__ = [
     "Estimate",
     "ShadowCheck",
     "ShadowComparison",
+    "ShadowEvidence",
+    "ShadowEvidenceReader",
     "ShadowPolicy",
+    "compare_evidence",
     "compare_followed_log",
     "compare_shadow",
     "render_shadow_report",
@@ -175,44 +187,211 @@ def compare_shadow(
     `task` is inferred when not given: classification when production returns
     probabilities or non-float predictions, regression when it returns floats only.
     """
-    from scipy.stats import ks_2samp
-
     missing = [column for column in COLUMNS if column not in log.columns]
     if missing:
         raise ValueError(f"expected a prediction log frame (read_prediction_log); missing columns {missing}")
+    return compare_evidence(ShadowEvidence.from_frame(log), policy=policy, task=task)
+
+
+@dataclasses.dataclass
+class ShadowEvidence:
+    """What a shadow comparison needs of a prediction log: counts, two latencies per compared
+    request and a few numbers per compared row, about 60 bytes per request where the log's
+    entries take hundreds to thousands. Built from a frame (`from_frame`) or entry by entry
+    (`add`), so a process that follows a log need not keep the entries."""
+
+    requests: int = 0
+    mirrored: int = 0
+    dropped: int = 0
+    """Mirrored requests never sent to the shadow (queue full, shutdown)."""
+    shadow_calls: int = 0
+    production_failures: int = 0
+    """Requests production did not answer with 2xx."""
+    judged: int = 0
+    """Requests production answered with 2xx and the shadow was called for."""
+    shadow_failures: int = 0
+    """Judged requests the shadow did not answer with 2xx."""
+    answered_rows: int = 0
+    """Rows with a production prediction; with the two below, what tells the task."""
+    probability_rows: int = 0
+    non_float_rows: int = 0
+    production_versions: set[str] = dataclasses.field(default_factory=set)
+    shadow_versions: set[str] = dataclasses.field(default_factory=set)
+    production_latency: array = dataclasses.field(default_factory=lambda: array("d"))
+    """Per compared request (both sides 2xx), in ms; so is `shadow_latency`."""
+    shadow_latency: array = dataclasses.field(default_factory=lambda: array("d"))
+    agree: array = dataclasses.field(default_factory=lambda: array("b"))
+    """Per compared row (both sides predicted): 1 when the predictions are equal."""
+    score_kind: array = dataclasses.field(default_factory=lambda: array("b"))
+    """Per compared row, the index in `SCORE_KINDS` of its probability scores' kind."""
+    production_score: array = dataclasses.field(default_factory=lambda: array("d"))
+    """Per compared row, the probability scores of `_probability_scores` (NaN without)."""
+    shadow_score: array = dataclasses.field(default_factory=lambda: array("d"))
+    score_delta: array = dataclasses.field(default_factory=lambda: array("d"))
+    production_value: array = dataclasses.field(default_factory=lambda: array("d"))
+    """Per compared row, the prediction as a number, a regression's score (NaN when it is not one)."""
+    shadow_value: array = dataclasses.field(default_factory=lambda: array("d"))
+
+    def add(self, request: Mapping[str, Any], shadow: Mapping[str, Any] | None = None) -> None:
+        """Count a ``request`` log entry, with its ``shadow`` entry when there is one."""
+        production = request.get("production") or {}
+        side = shadow if shadow is not None else request
+        answer = side.get("shadow") or {}
+        mirrored = bool(request.get("mirrored"))
+        production_ok = _is_2xx_status(production.get("status"))
+        called = answer.get("latency_ms") is not None
+        shadow_ok = called and _is_2xx_status(answer.get("status"))
+        self.requests += 1
+        self.mirrored += mirrored
+        self.shadow_calls += called
+        self.dropped += mirrored and not called and side.get("shadow_reason") != "pending"
+        self.production_failures += not production_ok
+        self.judged += production_ok and called
+        self.shadow_failures += production_ok and called and not shadow_ok
+        for versions, found in ((self.production_versions, production), (self.shadow_versions, answer)):
+            if found.get("version") is not None:
+                versions.add(str(found["version"]))
+        predictions = production.get("predictions")
+        predictions = predictions if isinstance(predictions, list) else []
+        probabilities = production.get("probabilities")
+        for row, prediction in enumerate(predictions):
+            if prediction is not None:
+                self._answered(prediction, _nth(probabilities, row))
+        if production_ok and shadow_ok:
+            self.production_latency.append(_number(production.get("latency_ms")))
+            self.shadow_latency.append(_number(answer.get("latency_ms")))
+            shadow_predictions, shadow_probabilities = answer.get("predictions"), answer.get("probabilities")
+            for row, prediction in enumerate(predictions):
+                other = _nth(shadow_predictions, row)
+                if prediction is not None and other is not None:
+                    self._compared_row(prediction, other, _nth(probabilities, row), _nth(shadow_probabilities, row))
+
+    @classmethod
+    def from_frame(cls, log: pd.DataFrame) -> ShadowEvidence:
+        """The evidence in a `read_prediction_log` frame."""
+        evidence = cls()
+        requests = log.drop_duplicates("request_id")
+        production_ok = _is_2xx(requests["production_status"])
+        called = requests["shadow_latency_ms"].notna()
+        shadow_ok = _is_2xx(requests["shadow_status"]) & called
+        mirrored = requests["mirrored"].astype(bool)
+        evidence.requests = len(requests)
+        evidence.mirrored = int(mirrored.sum())
+        evidence.shadow_calls = int(called.sum())
+        evidence.dropped = int((mirrored & ~called & (requests["shadow_reason"] != "pending")).sum())
+        evidence.production_failures = int((~production_ok).sum())
+        evidence.judged = int((production_ok & called).sum())
+        evidence.shadow_failures = int((production_ok & called & ~shadow_ok).sum())
+        evidence.production_versions = {str(v) for v in requests["production_version"].dropna()}
+        evidence.shadow_versions = {str(v) for v in requests["shadow_version"].dropna()}
+        answered = log[log["production_prediction"].notna()]
+        for prediction, probabilities in zip(answered["production_prediction"], answered["production_probabilities"],
+                                             strict=True):
+            evidence._answered(prediction, probabilities)
+        compared = requests[production_ok & shadow_ok]
+        evidence.production_latency.extend(compared["production_latency_ms"].to_numpy(dtype=float))
+        evidence.shadow_latency.extend(compared["shadow_latency_ms"].to_numpy(dtype=float))
+        evidence._add_compared_rows(_compared_rows(log, compared["request_id"]))
+        return evidence
+
+    @classmethod
+    def combine(cls, parts: Iterable[ShadowEvidence]) -> ShadowEvidence:
+        """The evidence of several parts of a log together."""
+        total = cls()
+        for part in parts:
+            for item in dataclasses.fields(cls):
+                mine, theirs = getattr(total, item.name), getattr(part, item.name)
+                if isinstance(mine, int):
+                    setattr(total, item.name, mine + theirs)
+                elif isinstance(mine, set):
+                    mine |= theirs
+                else:
+                    mine.extend(theirs)
+        return total
+
+    def task(self) -> Literal["classification", "regression"] | None:
+        """Classification when production gave probabilities or predictions other than floats."""
+        if not self.answered_rows:
+            return None
+        if self.probability_rows or self.non_float_rows:
+            return "classification"
+        return "regression"
+
+    def scores(self, task: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per compared row: production's score, the shadow's, their distance and the index of
+        the score kind in `SCORE_KINDS`; the predictions themselves for a regression."""
+        import numpy as np
+
+        if task == "regression":
+            production, shadow = np.frombuffer(self.production_value), np.frombuffer(self.shadow_value)
+            kinds = np.full(len(production), SCORE_KINDS.index("prediction"), dtype=np.int8)
+            return production, shadow, np.abs(shadow - production), kinds
+        return (np.frombuffer(self.production_score), np.frombuffer(self.shadow_score),
+                np.frombuffer(self.score_delta), np.frombuffer(self.score_kind, dtype=np.int8))
+
+    def _add_compared_rows(self, rows: pd.DataFrame) -> None:
+        for values in zip(rows["production_prediction"], rows["shadow_prediction"], rows["production_probabilities"],
+                          rows["shadow_probabilities"], strict=True):
+            self._compared_row(*values)
+
+    def _answered(self, prediction: Any, probabilities: Any) -> None:
+        self.answered_rows += 1
+        self.probability_rows += probabilities is not None
+        self.non_float_rows += not isinstance(prediction, float)
+
+    def _compared_row(self, production: Any, shadow: Any, production_probabilities: Any,
+                      shadow_probabilities: Any) -> None:
+        kind, production_score, shadow_score, delta = _probability_scores(
+            production_probabilities, shadow_probabilities)
+        self.agree.append(production == shadow)
+        self.score_kind.append(SCORE_KINDS.index(kind))
+        self.production_score.append(production_score)
+        self.shadow_score.append(shadow_score)
+        self.score_delta.append(delta)
+        self.production_value.append(_number(production))
+        self.shadow_value.append(_number(shadow))
+
+
+SCORE_KINDS: tuple[ScoreKind | None, ...] = (None, "positive_class_probability", "total_variation", "prediction")
+"""The score kinds `ShadowEvidence.score_kind` numbers."""
+
+
+def compare_evidence(
+    evidence: ShadowEvidence,
+    *,
+    policy: ShadowPolicy | None = None,
+    task: Literal["classification", "regression"] | None = None,
+) -> ShadowComparison:
+    """The comparison and verdict on what `evidence` holds (see `compare_shadow`)."""
+    import numpy as np
+    from scipy.stats import ks_2samp
+
     policy = policy or ShadowPolicy()
-    requests = log.drop_duplicates("request_id")
-    production_ok = _is_2xx(requests["production_status"])
-    shadow_called = requests["shadow_latency_ms"].notna()
-    shadow_ok = _is_2xx(requests["shadow_status"]) & shadow_called
-    compared_ids = requests.loc[production_ok & shadow_ok, "request_id"]
-    task = task or _infer_task(log)
-    pairs = _paired_rows(log, compared_ids, task)
+    task = task or evidence.task()
+    production_error_rate = _proportion(evidence.production_failures, evidence.requests, policy)
+    shadow_error_rate = _proportion(evidence.shadow_failures, evidence.judged, policy)
 
-    production_error_rate = _proportion(int((~production_ok).sum()), len(requests), policy)
-    judged = production_ok & shadow_called
-    shadow_error_rate = _proportion(int((judged & ~shadow_ok).sum()), int(judged.sum()), policy)
-
+    agree = np.frombuffer(evidence.agree, dtype=np.int8)
     agreement = None
-    if task == "classification" and len(pairs):
-        agreement = _proportion(int(pairs["agree"].sum()), len(pairs), policy)
+    if task == "classification" and len(agree):
+        agreement = _proportion(int(agree.sum()), len(agree), policy)
 
+    production_score, shadow_score, deltas, kinds = evidence.scores(task)
+    scored = ~np.isnan(production_score) & ~np.isnan(shadow_score)
     score_kind, mean_abs_delta, ks_statistic, ks_pvalue = None, None, None, None
-    scored = pairs.dropna(subset=["production_score", "shadow_score"])
-    if len(scored) >= 2:
-        score_kind = scored["score_kind"].iloc[0]
-        deltas = scored["abs_delta"].to_numpy(dtype=float)
-        mean_abs_delta = _mean_estimate(deltas, policy)
-        ks = ks_2samp(scored["production_score"], scored["shadow_score"])
+    if scored.sum() >= 2:
+        score_kind = SCORE_KINDS[int(kinds[scored][0])]
+        mean_abs_delta = _mean_estimate(deltas[scored], policy)
+        ks = ks_2samp(production_score[scored], shadow_score[scored])
         ks_statistic, ks_pvalue = float(ks.statistic), float(ks.pvalue)
 
-    compared = requests[requests["request_id"].isin(compared_ids)]
-    production_latency = compared["production_latency_ms"].to_numpy(dtype=float)
-    shadow_latency = compared["shadow_latency_ms"].to_numpy(dtype=float)
+    production_latency = np.frombuffer(evidence.production_latency)
+    shadow_latency = np.frombuffer(evidence.shadow_latency)
     latency_ratio = _median_ratio(shadow_latency, production_latency, policy)
 
+    compared = len(production_latency)
     checks = _checks(policy, task, agreement, latency_ratio, shadow_error_rate)
-    verdict, reasons = _verdict(policy, checks, len(compared))
+    verdict, reasons = _verdict(policy, checks, compared)
     return ShadowComparison(
         computed_at=dt.datetime.now(dt.UTC),
         policy=policy,
@@ -220,14 +399,14 @@ def compare_shadow(
         reasons=reasons,
         checks=checks,
         task=task,
-        production_versions=_versions(requests["production_version"]),
-        shadow_versions=_versions(requests["shadow_version"]),
-        requests=len(requests),
-        mirrored=int(requests["mirrored"].sum()),
-        dropped=int((requests["mirrored"] & ~shadow_called & (requests["shadow_reason"] != "pending")).sum()),
-        shadow_calls=int(shadow_called.sum()),
-        compared_requests=len(compared),
-        compared_rows=len(pairs),
+        production_versions=sorted(evidence.production_versions),
+        shadow_versions=sorted(evidence.shadow_versions),
+        requests=evidence.requests,
+        mirrored=evidence.mirrored,
+        dropped=evidence.dropped,
+        shadow_calls=evidence.shadow_calls,
+        compared_requests=compared,
+        compared_rows=len(agree),
         agreement=agreement,
         score_kind=score_kind,
         mean_abs_score_delta=mean_abs_delta,
@@ -244,7 +423,82 @@ def compare_shadow(
     )
 
 
-_followed: dict[Path, PredictionLogReader] = {}
+class ShadowEvidenceReader:
+    """Follows a prediction log and keeps only the `ShadowEvidence` of each segment.
+
+    For the gateway's comparison worker, which compares the same growing log again and
+    again. A request is reduced to its evidence once both of its entries are read; until
+    then it waits whole, without its records (a mirror in flight, or a shadow entry read
+    before its request's). When retention deletes a segment, its evidence goes too, so the
+    comparison covers what the log holds, as `read_prediction_log` would, and memory follows
+    the log's size on disk, a small fraction of it, instead of growing for as long as the
+    gateway runs. A request entry written twice (a write retried after a full disk) counts once.
+    """
+
+    def __init__(self, log_dir: str | os.PathLike[str]) -> None:
+        self.tail = PredictionLogTail(log_dir)
+        self._segments: dict[Path, ShadowEvidence] = {}
+        self._ids: dict[Path, list[str]] = {}
+        """Per segment, the ids of the requests whose request entry it holds."""
+        self._seen: set[str] = set()
+        self._pending: dict[str, tuple[Path, dict[str, Any]]] = {}
+        """Mirrored requests whose shadow entry is not read yet, with their segment."""
+        self._orphans: dict[str, tuple[Path, dict[str, Any]]] = {}
+        """Shadow entries read before their request's, with their segment."""
+
+    def refresh(self) -> ShadowEvidenceReader:
+        """Read what was appended since the last refresh, and forget deleted segments."""
+        for path in self.tail.vanished():
+            self._segments.pop(path, None)
+            self._seen.difference_update(self._ids.pop(path, ()))
+            for waiting in (self._pending, self._orphans):
+                for request_id in [key for key, (where, _) in waiting.items() if where == path]:
+                    del waiting[request_id]
+        for path, entry in self.tail.entries():
+            if entry["type"] == "request":
+                self._request(path, entry)
+            elif entry["type"] == "shadow":
+                self._shadow(path, entry)
+        return self
+
+    def evidence(self) -> ShadowEvidence:
+        """The evidence of everything read, pending mirrors counted as pending."""
+        waiting = ShadowEvidence()
+        for _, request in self._pending.values():
+            waiting.add(request)
+        return ShadowEvidence.combine([*self._segments.values(), waiting])
+
+    def _request(self, path: Path, entry: dict[str, Any]) -> None:
+        request_id = entry["request_id"]
+        if request_id in self._seen:
+            return
+        self._seen.add(request_id)
+        self._ids.setdefault(path, []).append(request_id)
+        entry["records"] = None
+        orphan = self._orphans.pop(request_id, None)
+        if orphan is not None:
+            self._segment(path).add(entry, orphan[1])
+        elif entry.get("shadow_reason") == "pending":
+            self._pending[request_id] = (path, entry)
+        else:
+            self._segment(path).add(entry)
+
+    def _shadow(self, path: Path, entry: dict[str, Any]) -> None:
+        request_id = entry["request_id"]
+        waiting = self._pending.pop(request_id, None)
+        if waiting is not None:
+            self._segment(waiting[0]).add(waiting[1], entry)
+        elif request_id not in self._seen:
+            self._orphans[request_id] = (path, entry)
+
+    def _segment(self, path: Path) -> ShadowEvidence:
+        evidence = self._segments.get(path)
+        if evidence is None:
+            evidence = self._segments[path] = ShadowEvidence()
+        return evidence
+
+
+_followed: dict[Path, ShadowEvidenceReader] = {}
 """The logs `compare_followed_log` follows in this process, by directory."""
 
 
@@ -257,8 +511,8 @@ def compare_followed_log(log_dir: str | os.PathLike[str], *, policy: ShadowPolic
     path = Path(log_dir).resolve()
     reader = _followed.get(path)
     if reader is None:
-        reader = _followed[path] = PredictionLogReader(path, keep_records=False)
-    return compare_shadow(reader.refresh().frame(), policy=policy)
+        reader = _followed[path] = ShadowEvidenceReader(path)
+    return compare_evidence(reader.refresh().evidence(), policy=policy)
 
 
 def _checks(
@@ -330,38 +584,30 @@ def _verdict(policy: ShadowPolicy, checks: list[ShadowCheck], compared: int) -> 
     return "promote", [check.message for check in checks]
 
 
+def _compared_rows(log: pd.DataFrame, compared_ids: pd.Series) -> pd.DataFrame:
+    """The rows of the compared requests where both sides predicted."""
+    rows = log[log["request_id"].isin(compared_ids)]
+    return rows[rows["production_prediction"].notna() & rows["shadow_prediction"].notna()]
+
+
 def _paired_rows(log: pd.DataFrame, compared_ids: pd.Series, task: str | None) -> pd.DataFrame:
-    """Rows of the compared requests with both predictions, their agreement and scores."""
+    """Rows of the compared requests with both predictions: time, agreement and scores, as
+    the comparison counts them."""
+    import numpy as np
     import pandas as pd
 
-    rows = log[log["request_id"].isin(compared_ids)]
-    rows = rows[rows["production_prediction"].notna() & rows["shadow_prediction"].notna()]
-    columns = ["ts", "agree", "score_kind", "production_score", "shadow_score", "abs_delta"]
-    if rows.empty:
-        return pd.DataFrame(columns=columns)
-    agree = [a == b for a, b in zip(rows["production_prediction"], rows["shadow_prediction"], strict=True)]
-    if task == "regression":
-        production = rows["production_prediction"].astype(float).to_numpy()
-        shadow = rows["shadow_prediction"].astype(float).to_numpy()
-        kinds = ["prediction"] * len(rows)
-        abs_delta = np.abs(shadow - production)
-    else:
-        scored = [
-            _probability_scores(p, s)
-            for p, s in zip(rows["production_probabilities"], rows["shadow_probabilities"], strict=True)
-        ]
-        kinds = [kind for kind, _, _, _ in scored]
-        production = np.array([p for _, p, _, _ in scored], dtype=float)
-        shadow = np.array([s for _, _, s, _ in scored], dtype=float)
-        abs_delta = np.array([d for _, _, _, d in scored], dtype=float)
+    rows = _compared_rows(log, compared_ids)
+    evidence = ShadowEvidence()
+    evidence._add_compared_rows(rows)
+    production, shadow, delta, kinds = evidence.scores(task)
     return pd.DataFrame(
         {
             "ts": rows["ts"].to_numpy(),
-            "agree": agree,
-            "score_kind": kinds,
+            "agree": np.frombuffer(evidence.agree, dtype=np.int8).astype(bool),
+            "score_kind": [SCORE_KINDS[kind] for kind in kinds],
             "production_score": production,
             "shadow_score": shadow,
-            "abs_delta": abs_delta,
+            "abs_delta": delta,
         }
     )
 
@@ -385,18 +631,24 @@ def _probability_scores(production: Any, shadow: Any) -> tuple[ScoreKind | None,
     return "total_variation", float(production[top]), float(shadow.get(top, 0.0)), distance
 
 
-def _infer_task(log: pd.DataFrame) -> Literal["classification", "regression"] | None:
-    answered = log[log["production_prediction"].notna()]
-    if answered.empty:
-        return None
-    if answered["production_probabilities"].notna().any():
-        return "classification"
-    floats = all(isinstance(v, float) for v in answered["production_prediction"])
-    return "regression" if floats else "classification"
-
-
 def _is_2xx(status: pd.Series) -> pd.Series:
     return ((status >= 200) & (status < 300)).fillna(False).astype(bool)
+
+
+def _is_2xx_status(status: Any) -> bool:
+    return isinstance(status, int) and 200 <= status < 300
+
+
+def _number(value: Any) -> float:
+    """A JSON value as a float, NaN when it is not a number."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _nth(values: Any, index: int) -> Any:
+    return values[index] if isinstance(values, list) and index < len(values) else None
 
 
 def _proportion(successes: int, n: int, policy: ShadowPolicy) -> Estimate | None:
@@ -415,6 +667,8 @@ def _mean_estimate(values: np.ndarray, policy: ShadowPolicy) -> Estimate:
 def _median_ratio(numerator: np.ndarray, denominator: np.ndarray, policy: ShadowPolicy) -> Estimate | None:
     """Ratio of medians, with bounds from each median's order-statistic interval taken at
     Bonferroni-adjusted confidence, so the ratio's interval covers at `policy.confidence`."""
+    import numpy as np
+
     if len(numerator) == 0 or len(denominator) == 0:
         return None
     side_confidence = 1 - (1 - policy.confidence) / 2
@@ -431,9 +685,11 @@ def _median_ratio(numerator: np.ndarray, denominator: np.ndarray, policy: Shadow
 def _median_interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
     """Distribution-free interval of a median: the order statistics the binomial(n, 1/2)
     quantiles point at."""
+    import numpy as np
+    from scipy.stats import binom
+
     ordered = np.sort(values)
     n = len(ordered)
-    from scipy.stats import binom
 
     rank = int(binom.ppf((1 - confidence) / 2, n, 0.5))
     if rank < 1:
@@ -442,6 +698,8 @@ def _median_interval(values: np.ndarray, confidence: float) -> tuple[float, floa
 
 
 def _quantile(values: np.ndarray, q: float) -> float | None:
+    import numpy as np
+
     return float(np.quantile(values, q)) if len(values) else None
 
 
@@ -449,10 +707,6 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     if numerator is None or denominator is None or denominator <= 0:
         return None
     return numerator / denominator
-
-
-def _versions(column: pd.Series) -> list[str]:
-    return sorted({str(v) for v in column.dropna()})
 
 
 def _z(confidence: float) -> float:
@@ -467,6 +721,7 @@ def render_shadow_report(
     The plots: agreement over time (mean absolute delta for regression), the score delta
     histogram, production vs shadow scores, and both sides' latency distributions.
     """
+    import numpy as np
     import pandas as pd
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -534,6 +789,7 @@ def render_shadow_report(
 
 
 def _plot_over_time(ax: Any, pairs: pd.DataFrame, comparison: ShadowComparison) -> None:
+    import numpy as np
     import pandas as pd
 
     if pairs.empty:

@@ -20,8 +20,8 @@ recorded by the last promotion.
 
 The verdict itself comes from the gateway's `GET /shadow/comparison` (a
 `modelcycle.monitoring.shadow.ShadowComparison`), computed with the thresholds of
-`spec.promotion`, which the operator passes to the gateway. `decide` turns it and the
-promotion policy into an action. This module does no I/O.
+`spec.promotion` (`shadow_policy`), which the operator gives the gateway in a mounted file.
+`decide` turns it and the promotion policy into an action. This module does no I/O.
 """
 
 from __future__ import annotations
@@ -30,9 +30,11 @@ import datetime as dt
 import json
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
+
+from modelcycle.monitoring.shadow import ShadowPolicy
 
 LAST_PROMOTION = "modelcycle.io/last-promotion"
 LAST_ROLLBACK = "modelcycle.io/last-rollback"
@@ -41,12 +43,13 @@ GATEWAY_URL = "modelcycle.io/gateway-url"
 `<name>-gateway` Service): for an operator outside the cluster, or a gateway run by hand."""
 
 POLICY_FIELDS = {
-    "minRequests": ("min_requests", 500),
-    "minAgreement": ("min_agreement", 0.95),
-    "maxLatencyRatio": ("max_latency_ratio", 1.5),
-    "maxErrorRate": ("max_error_rate", 0.01),
+    "minRequests": "min_requests",
+    "minAgreement": "min_agreement",
+    "maxLatencyRatio": "max_latency_ratio",
+    "maxErrorRate": "max_error_rate",
 }
-"""spec.promotion field -> (ShadowPolicy field, default as in the CRD)."""
+"""spec.promotion field -> the `ShadowPolicy` field it sets. The defaults are ShadowPolicy's
+alone; the CRD repeats them for `kubectl explain`, and a test keeps the two equal."""
 
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -101,16 +104,22 @@ def read_record(md: Mapping[str, Any], annotation: str) -> ChangeRecord | None:
         return None
 
 
-def promotion_patch(md: Mapping[str, Any], *, reason: str) -> dict[str, Any]:
+def promotion_patch(md: Mapping[str, Any], *, reason: str, served: Sequence[str] = ()) -> dict[str, Any]:
     """A merge patch that makes the shadow production and records it; fails with 409 if the
-    object changed since `md` was read."""
+    object changed since `md` was read. A shadow given as an alias (challenger) is promoted
+    as the one version number the gateway saw it serve (`served`), so production never
+    follows an alias that moves later."""
     spec = md["spec"]
     shadow = spec["shadow"]
+    version = shadow["version"]
+    if not str(version).isdigit() and len(served) == 1 and str(served[0]).isdigit():
+        version = int(served[0])
     record = ChangeRecord.new(
-        from_=str(spec["production"]["version"]), to=str(shadow["version"]), reason=reason,
-        from_image=spec["production"]["image"],
+        from_=str(spec["production"]["version"]), to=str(version), reason=reason,
+        from_image=spec["production"].get("image"),
     )
-    production: dict[str, Any] = {"version": shadow["version"], "image": shadow["image"]}
+    # No image (a registry-served side) removes production's: the model server serves it.
+    production: dict[str, Any] = {"version": version, "image": shadow.get("image")}
     if shadow.get("resources"):
         production["resources"] = shadow["resources"]
     return {
@@ -140,7 +149,7 @@ def shadow_removal_patch(md: Mapping[str, Any], *, reason: str) -> dict[str, Any
 def restore_patch(md: Mapping[str, Any], *, reason: str) -> dict[str, Any]:
     """A merge patch that puts back the production version the last promotion replaced."""
     promotion = read_record(md, LAST_PROMOTION)
-    if promotion is None or not promotion.fromImage:
+    if promotion is None or not (promotion.fromImage or md["spec"].get("registry")):
         raise ValueError("no promotion recorded (annotation modelcycle.io/last-promotion): nothing to roll back to")
     current = str(md["spec"]["production"]["version"])
     if current != promotion.to:
@@ -148,7 +157,7 @@ def restore_patch(md: Mapping[str, Any], *, reason: str) -> dict[str, Any]:
             f"production runs version {current}, not {promotion.to} that the last promotion made; "
             "roll back by editing spec.production"
         )
-    record = ChangeRecord.new(from_=current, to=promotion.from_, reason=reason, from_image=md["spec"]["production"]["image"])
+    record = ChangeRecord.new(from_=current, to=promotion.from_, reason=reason, from_image=md["spec"]["production"].get("image"))
     version: int | str = int(promotion.from_) if promotion.from_.isdigit() else promotion.from_
     return {
         "metadata": {
@@ -172,12 +181,20 @@ class Decision:
     """For a wait on minDuration: seconds until it has passed."""
 
 
+def shadow_policy(promotion: Mapping[str, Any]) -> ShadowPolicy:
+    """The `ShadowPolicy` that spec.promotion asks for: its thresholds where set, the
+    policy's own defaults elsewhere. The CRD checks the same bounds, so a spec the API
+    server admitted always gives a policy."""
+    return ShadowPolicy(**{field: promotion[name] for name, field in POLICY_FIELDS.items() if name in promotion})
+
+
 def policy_mismatches(promotion: Mapping[str, Any], comparison: Mapping[str, Any]) -> list[str]:
     """The thresholds in which the gateway's policy differs from spec.promotion."""
     policy = comparison.get("policy") or {}
+    spec_policy = shadow_policy(promotion)
     found = []
-    for spec_field, (policy_field, default) in POLICY_FIELDS.items():
-        wanted = float(promotion.get(spec_field, default))
+    for spec_field, policy_field in POLICY_FIELDS.items():
+        wanted = float(getattr(spec_policy, policy_field))
         actual = policy.get(policy_field)
         if actual is None or abs(float(actual) - wanted) > 1e-9 * max(1.0, abs(wanted)):
             found.append(f"{policy_field} is {actual} in the gateway, {wanted:g} in spec.promotion.{spec_field}")
