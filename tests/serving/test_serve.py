@@ -13,17 +13,15 @@ import time
 
 import httpx
 import pytest
-import typer
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
 from modelcycle.monitoring.predictions import read_prediction_log
-from modelcycle.serving.cli import serving_commands
+from modelcycle.cli.serving import commands as serving_app
 from modelcycle.serving.local import free_port
 
-CLI = ("import typer; from modelcycle.serving.cli import serving_commands; "
-       "app = typer.Typer(); serving_commands(app); app()")
-"""The serving commands as a program of their own, mounted the way `modelcycle.cli` mounts them."""
+CLI = "from modelcycle.cli.serving import commands; commands()"
+"""The serving commands as a program of their own, the typer app `modelcycle.cli` mounts."""
 
 
 def _wait_ready(url: str, process: subprocess.Popen, log, timeout_s: float = 240) -> None:
@@ -129,12 +127,10 @@ def test_serve_with_a_shadow_then_stop(tmp_path, served, bento, in_process):
 
 
 def test_serve_refuses_what_it_cannot_serve(served):
-    app = typer.Typer()
-    serving_commands(app)
     args = ["--workdir", str(served.workdir), "--registry", served.registry.uri]
-    unknown = CliRunner().invoke(app, ["serve", "nope", *args])
+    unknown = CliRunner().invoke(serving_app, ["serve", "nope", *args])
     assert unknown.exit_code == 2 and "model 'nope' not found" in unknown.output
-    same = CliRunner().invoke(app, ["serve", "fraud", "--shadow", "champion", *args])
+    same = CliRunner().invoke(serving_app, ["serve", "fraud", "--shadow", "champion", *args])
     assert same.exit_code == 2 and "which is production already" in same.output
-    no_alias = CliRunner().invoke(app, ["serve", "fraud@challenger", *args])
+    no_alias = CliRunner().invoke(serving_app, ["serve", "fraud@challenger", *args])
     assert no_alias.exit_code == 2 and "no alias 'challenger'" in no_alias.output

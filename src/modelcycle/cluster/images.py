@@ -43,13 +43,10 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from modelcycle import __version__
 from modelcycle.cluster.containers import Engine, EngineError, cache_dir, engine, ensure_tools
-
-if TYPE_CHECKING:
-    from modelcycle.serving.packaging import PackagedBento
 
 PUBLIC_BASE = "docker.io/library/python:3.11-slim"
 LOCAL_BASE = "localhost/modelcycle-base:bookworm-python3.11"
@@ -223,6 +220,17 @@ def build_all(*, base: str | None = None, save_dir: Path | None = None, say=prin
         built.append(result)
     (cache_dir() / "images.json").write_text(json.dumps([asdict(b) for b in built], indent=2))
     return built
+
+
+class PackagedBento(Protocol):
+    """What building a bento's image reads of a packaged bento
+    (`modelcycle.serving.packaging.PackagedBento`): the container engine knows nothing of
+    BentoML, and serving nothing of the engine."""
+
+    tag: str
+    image: str
+    path: str
+    model_tag: str
 
 
 def bento_context(bento: PackagedBento, folder: Path) -> Path:
