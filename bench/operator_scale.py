@@ -8,14 +8,30 @@ the first left in place), created at once through the API. It prints:
   watch event showing Ready=True (target: p50 < 3 s), and the time until all are Ready
   (target for 500: < 120 s);
 - next to them, the floor measured in the same run: the objects the operator creates per
-  ModelDeployment (two Deployments, two Services, a ConfigMap), created directly, until
-  every Deployment is Available. That is the API server, controller-manager, scheduler
-  and kwok alone; the operator cannot be faster;
+  ModelDeployment (its own manifests, `resources.desired_children`: two Deployments, two
+  Services, a ConfigMap, without the owner reference and under another managed-by label,
+  so the running operator ignores them), created directly, until every object exists and
+  every Deployment is Available. That is the API server, controller-manager, scheduler and kwok alone; the
+  operator cannot be faster;
 - the operator's resident memory once everything is Ready;
 - the API requests the operator makes over 60 idle seconds (target: about 0), counted by
   the operator itself (`modelcycle_operator_api_requests_total`, which excludes kopf's
   watches) and by the API server (`apiserver_request_total` for the resources the
   operator touches; watches are counted when they start).
+
+Each figure is printed next to its target, and the burst's next to the floor as a ratio
+(all Ready <= 1.3x the floor at 100 and 500, the operator's reaction p50 <= 1 s at 100,
+one at a time within 0.1 s of the floor), with the requests the operator sent per
+ModelDeployment. `--restart` then stops the operator and starts a new one over everything
+the run created: it must converge without writing a child that is already as wanted (the
+applied-hash skip); the time until its first pass over every ModelDeployment and the
+requests it sent are printed. `--py-spy BINARY --profile FILE` samples the operator with
+py-spy (installed anywhere, not a dependency of the project; non-blocking, so the operator
+is never paused) for the whole run and writes
+the collapsed stacks to FILE.
+
+The machine is shared: the floor is measured in the same run, right before each burst, so
+the ratios hold for the load of the moment; the figures are what was measured.
 
 The control plane's kube-controller-manager and kube-scheduler talk to the API server at
 client-go's default 20 requests/s, which caps them at a few Deployments a second whoever
@@ -24,7 +40,8 @@ cluster sized for hundreds of Deployments would (`--default-qps` keeps the defau
 shows the floor it gives). The operator's own reaction is printed too: apply -> the
 ModelDeployment's children created.
 
-Run: .venv/bin/python bench/operator_scale.py [--sizes 100 500] [--idle 60] [--no-floor] [--default-qps]
+Run: .venv/bin/python bench/operator_scale.py [--sizes 100 500] [--idle 60] [--restart] [--no-floor]
+     [--default-qps] [--py-spy BINARY --profile FILE]
 """
 
 from __future__ import annotations
@@ -51,10 +68,18 @@ import yaml
 
 from modelcycle.cluster import Cluster, ControlPlane, ControlPlaneSettings
 from modelcycle.cluster.pki import ClusterPKI
+from modelcycle.operator import resources
+from modelcycle.operator.settings import OperatorSettings
 
 REPO = Path(__file__).resolve().parents[1]
 CRD = REPO / "charts" / "modelcycle" / "crds" / "modeldeployments.yaml"
 P50_TARGET, TOTAL_TARGET, TOTAL_TARGET_SIZE = 3.0, 120.0, 500
+RATIO_TARGET = 1.3
+"""All Ready at most this many times the floor's all Available, at every burst size."""
+REACTION_TARGET, REACTION_TARGET_SIZE = 1.0, 100
+"""The operator's reaction (apply -> children created) p50 at a burst of 100."""
+SINGLE_MARGIN = 0.1
+"""One at a time: apply->Ready p50 at most this many seconds above the floor's."""
 RESOURCES = ("modeldeployments", "deployments", "services", "configmaps", "events")
 
 
@@ -142,43 +167,53 @@ def model_deployment(name: str) -> dict[str, Any]:
     }
 
 
-def bare_service(name: str) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
-            "spec": {"selector": {"app": name}, "ports": [{"port": 3000}]}}
+FLOOR_MANAGER = "modelcycle-bench-floor"
+PATHS = {"Deployment": "/apis/apps/v1/namespaces/{namespace}/deployments",
+         "Service": "/api/v1/namespaces/{namespace}/services",
+         "ConfigMap": "/api/v1/namespaces/{namespace}/configmaps"}
 
 
-def bare_config_map(name: str) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"PRODUCTION_URL": "x"}}
+def floor_children(namespace: str, name: str) -> list[dict[str, Any]]:
+    """The children the operator applies for a ModelDeployment `name`, to create directly:
+    no owner (there is none), and a managed-by label the operator does not watch."""
+    md = {"metadata": {"name": name, "namespace": namespace, "uid": "floor"}, "spec": model_deployment(name)["spec"]}
+    children = resources.desired_children(md, gateway_image=OperatorSettings().gateway_image)
+    for child in children:
+        child["metadata"].pop("ownerReferences")
+        child["metadata"]["labels"]["app.kubernetes.io/managed-by"] = FLOOR_MANAGER
+        template = child.get("spec", {}).get("template")
+        if template:
+            template["metadata"]["labels"]["app.kubernetes.io/managed-by"] = FLOOR_MANAGER
+    return children
 
 
-def bare_deployment(name: str) -> dict[str, Any]:
-    labels = {"app": name}
-    return {
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "labels": labels},
-        "spec": {"replicas": 1, "selector": {"matchLabels": labels}, "template": {
-            "metadata": {"labels": labels},
-            "spec": {"containers": [{"name": "c", "image": "fraud:3-abc"}]},
-        }},
-    }
+async def create_floor(api: Api, namespace: str, names: list[str]) -> dict[str, float]:
+    """Create the children of `names` directly, by kind in parallel; Deployment name -> created at."""
+    by_path: dict[str, list[dict[str, Any]]] = {}
+    for name in names:
+        for child in floor_children(namespace, name):
+            by_path.setdefault(PATHS[child["kind"]].format(namespace=namespace), []).append(child)
+    done = await asyncio.gather(*(_create_all(api, path, bodies) for path, bodies in by_path.items()))
+    return dict(zip(by_path, done, strict=True))[PATHS["Deployment"].format(namespace=namespace)]
 
 
-async def run_batch(api: Api, *, namespace: str, size: int, floor: bool) -> dict[str, Any]:
+async def run_batch(api: Api, *, namespace: str, size: int, floor: bool, metrics_port: int,
+                    cpu: Any) -> dict[str, Any]:
     deadline = time.monotonic() + 600
+    cpu_floor = cpu()
     if floor:
         names = {f"d{i}-{part}" for i in range(size) for part in ("production", "gateway")}
         path = f"/apis/apps/v1/namespaces/{namespace}-floor/deployments"
         watcher = asyncio.create_task(api.watch_until(path, names, deployment_available, deadline))
         await asyncio.sleep(0.2)
         began = time.monotonic()
-        # What the operator creates per ModelDeployment: two Deployments, two Services, a ConfigMap.
-        created, _, _ = await asyncio.gather(
-            _create_all(api, path, [bare_deployment(n) for n in sorted(names)]),
-            _create_all(api, f"/api/v1/namespaces/{namespace}-floor/services", [bare_service(n) for n in sorted(names)]),
-            _create_all(api, f"/api/v1/namespaces/{namespace}-floor/configmaps",
-                        [bare_config_map(f"d{i}") for i in range(size)]),
-        )
+        created = await create_floor(api, f"{namespace}-floor", [f"d{i}" for i in range(size)])
+        every_object_created = time.monotonic()
         ready = await watcher
-        floor_total = max(ready.values()) - began
+        # Done when every object exists and every Deployment is Available: the operator's
+        # Ready waits for its Services too.
+        floor_total = max(*ready.values(), every_object_created) - began
+        cpu_floor = difference(cpu(), cpu_floor)
         floor_latencies = [ready[n] - created[n] for n in ready]
     names = {f"md-{i}" for i in range(size)}
     path = f"/apis/modelcycle.io/v1alpha1/namespaces/{namespace}/modeldeployments"
@@ -187,11 +222,30 @@ async def run_batch(api: Api, *, namespace: str, size: int, floor: bool) -> dict
         f"/apis/apps/v1/namespaces/{namespace}/deployments", {f"{n}-production" for n in names},
         lambda obj: True, deadline,
     ))
+    available = asyncio.create_task(api.watch_until(
+        f"/apis/apps/v1/namespaces/{namespace}/deployments",
+        {f"{n}-{part}" for n in names for part in ("production", "gateway")}, deployment_available, deadline,
+    ))
     await asyncio.sleep(0.2)
+    requests_before, passes_before = operator_request_counts(metrics_port), operator_passes(metrics_port)
+    seconds_before = operator_request_seconds(metrics_port)
+    cpu_operator = cpu()
     began = time.monotonic()
     created = await _create_all(api, path, [model_deployment(n) for n in sorted(names)])
     ready = await watcher
     applied = await children
+    rolled_out = await available
+    cpu_operator = difference(cpu(), cpu_operator)
+    await asyncio.sleep(1)  # the last status writes and Events
+    requests = difference(operator_request_counts(metrics_port), requests_before)
+    passes = operator_passes(metrics_port) - passes_before
+    seconds = difference(operator_request_seconds(metrics_port), seconds_before)
+    latency = {key[:-4]: seconds[key] / seconds[key[:-4] + " count"] for key in seconds
+               if key.endswith(" sum") and seconds.get(key[:-4] + " count")}
+    # From the moment both of a ModelDeployment's Deployments were Available to its Ready:
+    # the operator's own lag at the end of a rollout.
+    lags = sorted(ready[n] - max(rolled_out[f"{n}-production"], rolled_out[f"{n}-gateway"]) for n in names
+                  if n in ready and f"{n}-production" in rolled_out and f"{n}-gateway" in rolled_out)
     latencies = sorted(ready[n] - created[n] for n in ready)
     reactions = sorted(applied[f"{n}-production"] - created[n] for n in names if f"{n}-production" in applied)
     result = {
@@ -199,16 +253,22 @@ async def run_batch(api: Api, *, namespace: str, size: int, floor: bool) -> dict
         "p50": statistics.median(latencies) if latencies else float("nan"),
         "p95": latencies[int(0.95 * (len(latencies) - 1))] if latencies else float("nan"),
         "reaction_p50": statistics.median(reactions) if reactions else float("nan"),
+        "requests": requests,
+        "passes": passes,
+        "latency": latency,
+        "cpu": cpu_operator,
+        "ready_lag_p50": statistics.median(lags) if lags else float("nan"),
     }
     if floor:
         result["floor_total"] = floor_total
         result["floor_p50"] = statistics.median(floor_latencies)
+        result["cpu_floor"] = cpu_floor
     return result
 
 
 async def run_singles(api: Api, *, namespace: str, count: int) -> dict[str, float]:
     """ModelDeployments applied one at a time, each after the previous is Ready: the latency
-    of one apply on a quiet cluster, next to a bare Deployment pair's."""
+    of one apply on a quiet cluster, next to the same children's created directly."""
     latencies, floor = [], []
     md_path = f"/apis/modelcycle.io/v1alpha1/namespaces/{namespace}/modeldeployments"
     bare_path = f"/apis/apps/v1/namespaces/{namespace}-floor/deployments"
@@ -217,9 +277,10 @@ async def run_singles(api: Api, *, namespace: str, count: int) -> dict[str, floa
         names = {f"single-{index}-production", f"single-{index}-gateway"}
         watcher = asyncio.create_task(api.watch_until(bare_path, names, deployment_available, deadline))
         await asyncio.sleep(0.1)
-        created = await _create_all(api, bare_path, [bare_deployment(n) for n in sorted(names)])
+        created = await create_floor(api, f"{namespace}-floor", [f"single-{index}"])
+        every_object_created = time.monotonic()
         ready = await watcher
-        floor.append(max(ready.values()) - min(created.values()))
+        floor.append(max(*ready.values(), every_object_created) - min(created.values()))
         name = f"single-{index}"
         watcher = asyncio.create_task(api.watch_until(md_path, {name}, md_ready, deadline))
         await asyncio.sleep(0.1)
@@ -238,6 +299,29 @@ async def _create_all(api: Api, path: str, bodies: list[dict[str, Any]]) -> dict
     return dict(await asyncio.gather(*(one(body) for body in bodies)))
 
 
+def cpu_seconds(run_dir: str, operator_pid: int) -> dict[str, float]:
+    """CPU seconds used so far by each process of the control plane (found by its run
+    folder in the command line) and by the operator."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    found: dict[str, float] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(proc.name) == operator_pid:
+            name = "operator"
+        elif any(run_dir.encode() in arg for arg in argv):
+            name = Path(argv[0].decode()).name
+        else:
+            continue
+        found[name] = found.get(name, 0) + (int(fields[11]) + int(fields[12])) / ticks
+    return found
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -245,10 +329,43 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def operator_requests(port: int) -> float:
+def operator_metrics(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
-        text = answer.read().decode()
-    return sum(float(m.group(1)) for m in re.finditer(r"^modelcycle_operator_api_requests_total\{[^}]*\} (\S+)$", text, re.M))
+        return answer.read().decode()
+
+
+def operator_request_counts(port: int) -> dict[str, float]:
+    """'VERB resource' -> requests the operator sent (its own counter; kopf's watches excluded)."""
+    counts: dict[str, float] = {}
+    for match in re.finditer(r"^modelcycle_operator_api_requests_total\{([^}]*)\} (\S+)$", operator_metrics(port), re.M):
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1)))
+        key = f"{labels['verb']} {labels['resource']}"
+        counts[key] = counts.get(key, 0) + float(match.group(2))
+    return counts
+
+
+def operator_request_seconds(port: int) -> dict[str, float]:
+    """'VERB resource sum|count' -> the operator's request-time histogram's sum and count."""
+    found: dict[str, float] = {}
+    for match in re.finditer(r"^modelcycle_operator_api_request_seconds_(sum|count)\{([^}]*)\} (\S+)$",
+                             operator_metrics(port), re.M):
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2)))
+        found[f"{labels['verb']} {labels['resource']} {match.group(1)}"] = float(match.group(3))
+    return found
+
+
+def operator_requests(port: int) -> float:
+    return sum(operator_request_counts(port).values())
+
+
+def operator_passes(port: int) -> int:
+    found = re.search(r"^modelcycle_operator_reconcile_seconds_count (\S+)$", operator_metrics(port), re.M)
+    return int(float(found.group(1))) if found else 0
+
+
+def difference(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {key: round(value - before.get(key, 0), 1) for key, value in sorted(after.items())
+            if value - before.get(key, 0)}
 
 
 def apiserver_requests(cluster: Cluster) -> dict[str, float]:
@@ -268,6 +385,88 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+class OperatorRun:
+    """`python -m modelcycle.operator` serving the whole cluster, optionally sampled by py-spy."""
+
+    def __init__(self, cluster: Cluster, log: Path, *, py_spy: str | None, profile: Path | None) -> None:
+        self.metrics_port = free_port()
+        with log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "modelcycle.operator"], stdout=out, stderr=subprocess.STDOUT,
+                env={**os.environ, **cluster.env, "MODELCYCLE_METRICS_PORT": str(self.metrics_port)},
+                start_new_session=True,
+            )
+        self.started = time.monotonic()
+        self.sampler = None
+        if py_spy and profile:
+            self.sampler = subprocess.Popen(
+                [py_spy, "record", "--nonblocking", "-p", str(self.process.pid), "-r", "50", "--format", "raw",
+                 "-o", str(profile)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+        for _ in range(150):
+            try:
+                operator_requests(self.metrics_port)
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError(f"the operator serves no metrics; its log: {log.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        if self.sampler is not None:
+            self.sampler.wait(timeout=30)
+
+
+def ratio_line(label: str, value: float, floor: float) -> str:
+    ratio = value / floor if floor else float("nan")
+    verdict = "met" if ratio <= RATIO_TARGET else "NOT met"
+    return f"{label}: {value:.1f} s = {ratio:.2f}x the floor's {floor:.1f} s (target <= {RATIO_TARGET:g}x: {verdict})"
+
+
+def print_singles(singles: dict[str, float], *, count: int) -> None:
+    margin = singles["p50"] - singles["floor_p50"]
+    print(f"   1 ModelDeployment at a time ({count} in a row): apply->Ready p50 {singles['p50']:.2f} s "
+          f"(target < {P50_TARGET:g} s); floor, its children created directly: p50 {singles['floor_p50']:.2f} s; "
+          f"{margin:+.2f} s (target <= +{SINGLE_MARGIN:g} s: {'met' if margin <= SINGLE_MARGIN else 'NOT met'})",
+          flush=True)
+
+
+def print_batch(result: dict[str, Any]) -> None:
+    size = result["size"]
+    line = (f"{size:>4} ModelDeployments at once: {result['ready']}/{size} Ready; apply->Ready p50 "
+            f"{result['p50']:.2f} s, p95 {result['p95']:.2f} s; all Ready in {result['total']:.1f} s")
+    if size == TOTAL_TARGET_SIZE:
+        line += f" (target < {TOTAL_TARGET:g} s)"
+    print(line, flush=True)
+    if "floor_total" in result:
+        print(f"     floor, the same {5 * size} objects created directly: create->Available p50 "
+              f"{result['floor_p50']:.2f} s", flush=True)
+        print("     " + ratio_line("all Ready", result["total"], result["floor_total"]), flush=True)
+    else:
+        print(f"     all Ready in {result['total']:.1f} s (no floor measured)", flush=True)
+    reaction = f"     the operator's reaction, apply->children created: p50 {result['reaction_p50']:.2f} s"
+    if size == REACTION_TARGET_SIZE:
+        reaction += (f" (target <= {REACTION_TARGET:g} s: "
+                     f"{'met' if result['reaction_p50'] <= REACTION_TARGET else 'NOT met'})")
+    print(reaction, flush=True)
+    print(f"     from both Deployments Available to Ready: p50 {result['ready_lag_p50']:.2f} s; "
+          f"{result['passes']} reconcile passes", flush=True)
+    print("     the operator's requests, mean seconds from call to answer: "
+          + ", ".join(f"{key} {value:.2f}" for key, value in sorted(result["latency"].items())), flush=True)
+    if "cpu_floor" in result:
+        print(f"     CPU seconds, floor: {result['cpu_floor']}", flush=True)
+    print(f"     CPU seconds, operator until every Deployment is Available: {result['cpu']}", flush=True)
+    requests = result["requests"]
+    print(f"     the operator sent {int(sum(requests.values()))} requests, "
+          f"{sum(requests.values()) / size:.1f} per ModelDeployment: {requests}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 500])
@@ -275,7 +474,13 @@ def main() -> None:
     parser.add_argument("--no-floor", dest="floor", action="store_false", help="skip the bare-Deployment floor")
     parser.add_argument("--singles", type=int, default=10, help="ModelDeployments applied one at a time first")
     parser.add_argument("--default-qps", action="store_true", help="controllers at client-go's default 20 requests/s")
+    parser.add_argument("--restart", action="store_true",
+                        help="then restart the operator over everything created and measure its convergence")
+    parser.add_argument("--py-spy", metavar="BINARY", help="a py-spy executable, to sample the operator")
+    parser.add_argument("--profile", metavar="FILE", type=Path, help="where py-spy writes the collapsed stacks")
     args = parser.parse_args()
+    if bool(args.py_spy) != bool(args.profile):
+        parser.error("--py-spy and --profile go together")
     # SIGTERM unwinds like an exception, so the operator and the control plane are stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
@@ -287,72 +492,70 @@ def main() -> None:
     plane = (ControlPlane if args.default_qps else RaisedQpsControlPlane)(settings=settings)
     with tempfile.TemporaryDirectory(prefix="modelcycle-bench-operator-") as tmp, plane as cluster:
         cluster.kubectl("apply", "--server-side", "-f", str(CRD))
-        cluster.kubectl("wait", "--for=condition=Established", "--timeout=30s", "crd/modeldeployments.modelcycle.io")
+        for _ in range(60):  # kubectl wait fails instead of waiting while the CRD has no conditions yet
+            if cluster.kubectl("wait", "--for=condition=Established", "--timeout=30s",
+                               "crd/modeldeployments.modelcycle.io", check=False).returncode == 0:
+                break
+            time.sleep(0.5)
         for size in args.sizes:
             for suffix in ("", "-floor"):
                 cluster.kubectl("create", "namespace", f"bench-{size}{suffix}")
                 cluster.kubectl("wait", "--for=create", "--timeout=30s", "-n", f"bench-{size}{suffix}",
                                 "serviceaccount/default")
-        metrics_port = free_port()
         log = Path(tmp) / "operator.log"
-        with log.open("wb") as out:
-            operator = subprocess.Popen(
-                [sys.executable, "-m", "modelcycle.operator"], stdout=out, stderr=subprocess.STDOUT,
-                env={**os.environ, **cluster.env, "MODELCYCLE_METRICS_PORT": str(metrics_port)},
-                start_new_session=True,
-            )
+        operator = OperatorRun(cluster, log, py_spy=args.py_spy, profile=args.profile)
         try:
-            time.sleep(1)
-            for _ in range(100):
-                try:
-                    operator_requests(metrics_port)
-                    break
-                except OSError:
-                    time.sleep(0.2)
             qps = "client-go default QPS" if args.default_qps else " ".join(CONTROLLER_QPS)
-            print(f"operator bench on {os.cpu_count()} cores, kwok nodes, controllers at {qps}; "
-                  "floor: the same Deployments created directly, without the operator", flush=True)
+            print(f"operator bench on {os.cpu_count()} cores (load average {os.getloadavg()[0]:.1f} at the start), "
+                  f"kwok nodes, controllers at {qps}; floor: the same Deployments created directly, without the "
+                  "operator, right before each burst", flush=True)
 
-            async def batches() -> tuple[dict[str, float], list[dict[str, Any]]]:
+            async def batches() -> None:
                 async with Api(cluster.kubeconfig) as api:
-                    singles = await run_singles(api, namespace=f"bench-{args.sizes[0]}", count=args.singles)
-                    return singles, [await run_batch(api, namespace=f"bench-{size}", size=size, floor=args.floor)
-                                     for size in args.sizes]
+                    print_singles(await run_singles(api, namespace=f"bench-{args.sizes[0]}", count=args.singles),
+                                  count=args.singles)
+                    for size in args.sizes:
+                        print_batch(await run_batch(
+                            api, namespace=f"bench-{size}", size=size, floor=args.floor,
+                            metrics_port=operator.metrics_port,
+                            cpu=lambda: cpu_seconds(str(cluster.kubeconfig.parent), operator.process.pid)))
 
-            singles, results = asyncio.run(batches())
-            print(f"   1 ModelDeployment at a time ({args.singles} in a row): apply->Ready p50 {singles['p50']:.2f} s "
-                  f"(target < {P50_TARGET:g} s); floor, a bare Deployment pair: p50 {singles['floor_p50']:.2f} s",
-                  flush=True)
-            for result in results:
-                size = result["size"]
-                line = (f"{size:>4} ModelDeployments: {result['ready']}/{size} Ready; apply->Ready p50 "
-                        f"{result['p50']:.2f} s (target < {P50_TARGET:g} s), p95 {result['p95']:.2f} s; "
-                        f"all Ready in {result['total']:.1f} s")
-                if size == TOTAL_TARGET_SIZE:
-                    line += f" (target < {TOTAL_TARGET:g} s)"
-                print(line, flush=True)
-                print(f"     the operator's reaction, apply->children created: p50 {result['reaction_p50']:.2f} s")
-                if "floor_total" in result:
-                    print(f"     floor, the same {5 * size} objects created directly: create->Available p50 {result['floor_p50']:.2f} s; "
-                          f"all Available in {result['floor_total']:.1f} s", flush=True)
-            print(f"operator RSS with {sum(args.sizes)} ModelDeployments: {rss_mb(operator.pid):.0f} MB")
+            asyncio.run(batches())
+            total = sum(args.sizes) + args.singles
+            print(f"operator RSS with {total} ModelDeployments: {rss_mb(operator.process.pid):.0f} MB")
 
             time.sleep(5)  # let the last status writes and Events settle
-            own_before, server_before = operator_requests(metrics_port), apiserver_requests(cluster)
+            own_before, server_before = operator_requests(operator.metrics_port), apiserver_requests(cluster)
             time.sleep(args.idle)
-            own_after, server_after = operator_requests(metrics_port), apiserver_requests(cluster)
+            own_after, server_after = operator_requests(operator.metrics_port), apiserver_requests(cluster)
             delta = {k: server_after.get(k, 0) - server_before.get(k, 0) for k in server_after}
             busy = {k: int(v) for k, v in delta.items() if v}
             print(f"idle {args.idle:g} s: the operator sent {own_after - own_before:.0f} requests (target about 0); "
                   f"the API server counted {int(sum(delta.values()))} on {', '.join(RESOURCES)}"
-                  + (f": {busy}" if busy else ""))
+                  + (f": {busy}" if busy else ""), flush=True)
+
+            if args.restart:
+                operator.stop()
+                server_before = apiserver_requests(cluster)
+                operator = OperatorRun(cluster, log, py_spy=None, profile=None)
+                deadline = time.monotonic() + 300
+                while operator_passes(operator.metrics_port) < total and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                converged = time.monotonic() - operator.started
+                passes = operator_passes(operator.metrics_port)
+                time.sleep(5)  # anything the first passes would still send
+                own = operator_request_counts(operator.metrics_port)
+                writes = {k: v for k, v in difference(apiserver_requests(cluster), server_before).items()
+                          if not k.startswith(("LIST", "WATCH", "GET"))}
+                print(f"restart over {total} ModelDeployments and their {5 * total} children: {passes} first passes "
+                      f"done {converged:.1f} s after the process started (kopf's listing included); the operator sent "
+                      f"{int(sum(own.values()))} requests {own or ''} (target 0: every child and status is as "
+                      f"wanted already); writes the API server counted meanwhile, the controllers' included: "
+                      f"{writes or 0}", flush=True)
         finally:
-            os.killpg(operator.pid, signal.SIGTERM)
-            try:
-                operator.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(operator.pid, signal.SIGKILL)
-                operator.wait()
+            operator.stop()
+            if args.profile:
+                print(f"py-spy's collapsed stacks of the operator: {args.profile}")
 
 
 if __name__ == "__main__":

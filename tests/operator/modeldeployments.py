@@ -29,6 +29,7 @@ import yaml
 from aiohttp import web
 
 from modelcycle.cluster import Cluster
+from modelcycle.cluster.binaries import find
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "charts" / "modelcycle" / "crds" / "modeldeployments.yaml"
@@ -112,11 +113,13 @@ class ModelDeployments:
     cluster: Cluster
     namespace: str
 
-    def apply(self, name: str, spec: dict[str, Any], annotations: dict[str, str] | None = None) -> None:
+    def apply(self, name: str, spec: dict[str, Any], annotations: dict[str, str] | None = None,
+              labels: dict[str, str] | None = None) -> None:
         manifest = {
             "apiVersion": "modelcycle.io/v1alpha1",
             "kind": "ModelDeployment",
-            "metadata": {"name": name, "namespace": self.namespace, "annotations": annotations or {}},
+            "metadata": {"name": name, "namespace": self.namespace, "annotations": annotations or {},
+                         "labels": labels or {}},
             "spec": spec,
         }
         self.cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
@@ -156,6 +159,67 @@ class ModelDeployments:
             f"involvedObject.kind=ModelDeployment,involvedObject.name={name}", "-o", "json",
         ).stdout
         return json.loads(out)["items"]
+
+
+LEASE = "modelcycle-operator"
+"""The Lease the replicas of the HA tests elect with, in the served namespace."""
+
+
+def replica_env(identity: str, *, lease_duration_s: float = 3.0, renew_s: float = 1.0) -> dict[str, str]:
+    """The environment of one operator replica named `identity` that elects with `LEASE`:
+    a short Lease, so that a takeover takes seconds in a test."""
+    return {
+        "MODELCYCLE_LEASE_NAME": LEASE,
+        "MODELCYCLE_POD_NAME": identity,
+        "MODELCYCLE_LEASE_DURATION": str(lease_duration_s),
+        "MODELCYCLE_LEASE_RENEW_INTERVAL": str(renew_s),
+    }
+
+
+def lease(cluster: Cluster, namespace: str) -> dict[str, Any]:
+    """The spec of `LEASE` in `namespace` ({} while it does not exist)."""
+    out = cluster.kubectl("get", "lease", LEASE, "-n", namespace, "-o", "json", check=False)
+    return json.loads(out.stdout).get("spec", {}) if out.returncode == 0 else {}
+
+
+class Watch:
+    """`kubectl get ... --watch -o jsonpath=TEMPLATE`: every line it prints, with the
+    monotonic time it arrived, read by a thread; for timings finer than polling gives."""
+
+    def __init__(self, cluster: Cluster, *args: str, template: str) -> None:
+        self.lines: list[tuple[float, str]] = []
+        self._changed = threading.Condition()
+        self.process = subprocess.Popen(
+            [str(find("kubectl")), "get", *args, "--watch", "-o", f"jsonpath={template}" + '{"\\n"}'],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True,
+            env={**os.environ, **cluster.env},
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            with self._changed:
+                self.lines.append((time.monotonic(), line.strip()))
+                self._changed.notify_all()
+
+    def wait(self, check: Callable[[str], bool], *, timeout: float, what: str, since: float = 0.0) -> float:
+        """The arrival time of the first line after `since` for which `check` holds."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for at, line in self.lines:
+                    if at >= since and check(line):
+                        return at
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    pytest.fail(f"timed out after {timeout:g} s waiting for {what}; lines: {self.lines[-10:]}")
+                self._changed.wait(timeout=left)
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=10)
 
 
 def base_spec(**overrides: Any) -> dict[str, Any]:
@@ -242,7 +306,8 @@ POLICY = {"minRequests": 40, "minAgreement": 0.8, "maxLatencyRatio": 4, "maxErro
 class GatewayProcess:
     """`python -m modelcycle.serving.gateway` in front of two local model servers."""
 
-    def __init__(self, production: ModelServer, shadow: ModelServer, log_dir: Path, log: Path) -> None:
+    def __init__(self, production: ModelServer, shadow: ModelServer, log_dir: Path, log: Path,
+                 extra_args: tuple[str, ...] = ()) -> None:
         self.port = free_port()
         args = [
             sys.executable, "-m", "modelcycle.serving.gateway",
@@ -250,6 +315,7 @@ class GatewayProcess:
             "--log-dir", str(log_dir), "--port", str(self.port), "--flush-interval", "0.1",
             "--min-requests", str(POLICY["minRequests"]), "--min-agreement", str(POLICY["minAgreement"]),
             "--max-latency-ratio", str(POLICY["maxLatencyRatio"]), "--max-error-rate", str(POLICY["maxErrorRate"]),
+            *extra_args,
         ]
         with log.open("ab") as out:
             self.process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -1,10 +1,11 @@
 """`python -m modelcycle.operator`: run the operator until SIGTERM or SIGINT.
 
 It serves the namespaces of `MODELCYCLE_NAMESPACES` (comma-separated), or the whole
-cluster when that is empty, and runs standalone: one replica, no kopf peering objects
-(the chart's Deployment has one replica and a Recreate strategy, so two operators never
-run at once). `MODELCYCLE_METRICS_PORT` serves Prometheus metrics on that port, and
-`MODELCYCLE_LIVENESS_PORT` kopf's liveness probe at `/healthz`.
+cluster when that is empty, and only the ModelDeployments `MODELCYCLE_SELECTOR` selects,
+if set. kopf runs standalone (no kopf peering objects): with `MODELCYCLE_LEASE_NAME` set,
+replicas elect the active one with a Lease (`leadership`), and the chart runs two.
+`MODELCYCLE_METRICS_PORT` serves Prometheus metrics on that port, and
+`MODELCYCLE_LIVENESS_PORT` kopf's liveness probe at `/healthz` (a standby is live too).
 """
 
 from __future__ import annotations

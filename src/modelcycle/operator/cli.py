@@ -111,9 +111,9 @@ def status(name: NameArg, namespace: NamespaceOpt = None, kubeconfig: Kubeconfig
     spec, state = md["spec"], md.get("status") or {}
     shadow = spec.get("shadow")
     _out.print(f"[bold]md/{name}[/] model {spec['model']}, promotion {spec.get('promotion', {}).get('mode', 'manual')}")
-    _out.print(f"  production: version {spec['production']['version']} ({spec['production']['image']})")
+    _out.print(f"  production: version {spec['production']['version']} ({spec['production'].get('image') or 'model server'})")
     if shadow:
-        _out.print(f"  shadow:     version {shadow['version']} ({shadow['image']}), mirrored "
+        _out.print(f"  shadow:     version {shadow['version']} ({shadow.get('image') or 'model server'}), mirrored "
                    f"{shadow.get('mirrorPercent', 100):g}%{', approved' if shadow.get('approved') else ''}")
     if state.get("observedGeneration") != md["metadata"].get("generation"):
         _out.print("  [yellow]the operator has not seen the latest spec yet[/]")

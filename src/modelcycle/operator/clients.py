@@ -11,21 +11,32 @@ logs in again once (a service-account token is rotated on disk).
 
 Every request is counted by verb, resource and status code in
 `modelcycle_operator_api_requests_total`, which is how the bench tells how many requests
-an idle operator makes.
+an idle operator makes, and timed in `modelcycle_operator_api_request_seconds`, from the
+call to the answer (a wait for a free connection included).
+
+Requests go over two pools of connections: the children's applies over 64, and the few
+that must not wait behind a burst of them (a ModelDeployment's status and spec, Events,
+the Lease's renewals) over 8 of their own. Under a burst of 500 the applies fill the 64 for
+a minute; a Ready status or a renewal queued behind them would come late.
+
+With leader election (`leadership`), the client is fenced: a write other than the Lease's
+own raises `NotLeader` while this replica does not hold the Lease, so a replica that lost
+it mid-pass cannot write behind the new leader's back.
 """
 
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import ssl
 import tempfile
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import aiohttp
 import kopf
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 from modelcycle.operator.settings import FIELD_MANAGER, GROUP, PLURAL, VERSION
 
@@ -35,12 +46,27 @@ API_REQUESTS = Counter(
     ["verb", "resource", "code"],
 )
 
+API_SECONDS = Histogram(
+    "modelcycle_operator_api_request_seconds",
+    "Seconds from a request's call to its answer, a wait for a free connection included.",
+    ["verb", "resource"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+
+PROMPT = frozenset({"modeldeployments", "modeldeployments/status", "events", "leases"})
+"""Resources whose requests use the small pool of their own."""
+
 _KINDS = {
     ("apps/v1", "Deployment"): "/apis/apps/v1/namespaces/{namespace}/deployments",
     ("v1", "Service"): "/api/v1/namespaces/{namespace}/services",
     ("v1", "ConfigMap"): "/api/v1/namespaces/{namespace}/configmaps",
     ("batch/v1", "CronJob"): "/apis/batch/v1/namespaces/{namespace}/cronjobs",
+    ("batch/v1", "Job"): "/apis/batch/v1/namespaces/{namespace}/jobs",
+    ("v1", "Secret"): "/api/v1/namespaces/{namespace}/secrets",
 }
+
+
+class NotLeader(RuntimeError):
+    """A write was refused locally: this replica does not hold the Lease (`leadership`)."""
 
 
 class ApiError(RuntimeError):
@@ -96,30 +122,35 @@ def _pem(data: str | bytes) -> str:
 class KubeClient:
     """The few API calls the operator makes. Use inside a running event loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, may_write: Callable[[], bool] | None = None) -> None:
         self._info: kopf.ConnectionInfo | None = None
-        self._session: aiohttp.ClientSession | None = None
+        self._sessions: dict[bool, aiohttp.ClientSession] = {}
+        """The pools of connections: True for `PROMPT` resources, False for the children."""
+        self.may_write = may_write
+        """None, or whether writes are allowed now (the fence of `leadership`)."""
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        sessions, self._sessions = self._sessions, {}
+        for session in sessions.values():
+            await session.close()
 
-    def _open(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._info = _login()
+    def _open(self, *, prompt: bool = False) -> aiohttp.ClientSession:
+        if prompt not in self._sessions:
+            if not self._sessions:
+                self._info = _login()
+            assert self._info is not None
             headers = {"User-Agent": "modelcycle-operator", "Accept": "application/json"}
             if self._info.token:
                 headers["Authorization"] = f"{self._info.scheme or 'Bearer'} {self._info.token}"
             elif self._info.username:
                 basic = base64.b64encode(f"{self._info.username}:{self._info.password}".encode()).decode()
                 headers["Authorization"] = f"Basic {basic}"
-            self._session = aiohttp.ClientSession(
+            self._sessions[prompt] = aiohttp.ClientSession(
                 headers=headers,
-                connector=aiohttp.TCPConnector(ssl=_ssl_context(self._info), limit=64),
+                connector=aiohttp.TCPConnector(ssl=_ssl_context(self._info), limit=8 if prompt else 64),
                 timeout=aiohttp.ClientTimeout(total=30),
             )
-        return self._session
+        return self._sessions[prompt]
 
     async def request(
         self,
@@ -133,23 +164,29 @@ class KubeClient:
         missing_ok: bool = False,
     ) -> dict[str, Any] | None:
         """One request; the decoded answer, or None for a 404 when `missing_ok`."""
+        if method != "GET" and resource != "leases" and self.may_write is not None and not self.may_write():
+            raise NotLeader(f"{method} {path}: refused, this replica does not hold the Lease")
         for attempt in (1, 2):
-            session = self._open()
+            session = self._open(prompt=resource in PROMPT)
             assert self._info is not None
             url = self._info.server.rstrip("/") + path
             data = None if body is None else json.dumps(body)
             headers = {"Content-Type": content_type} if data is not None else {}
-            async with session.request(method, url, params=params, data=data, headers=headers) as answer:
-                text = await answer.text()
-                API_REQUESTS.labels(method, resource, str(answer.status)).inc()
-                if answer.status == 401 and attempt == 1:
-                    await self.close()
-                    continue
-                if answer.status == 404 and missing_ok:
-                    return None
-                if answer.status >= 400:
-                    raise ApiError(answer.status, method, path, text)
-                return json.loads(text) if text else {}
+            with API_SECONDS.labels(method, resource).time():
+                try:
+                    async with session.request(method, url, params=params, data=data, headers=headers) as answer:
+                        text = await answer.text()
+                except TimeoutError:
+                    raise TimeoutError(f"{method} {path}: no answer from the API server within 30 s") from None
+            API_REQUESTS.labels(method, resource, str(answer.status)).inc()
+            if answer.status == 401 and attempt == 1:
+                await self.close()
+                continue
+            if answer.status == 404 and missing_ok:
+                return None
+            if answer.status >= 400:
+                raise ApiError(answer.status, method, path, text)
+            return json.loads(text) if text else {}
         raise AssertionError("unreachable")
 
     async def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
@@ -163,6 +200,21 @@ class KubeClient:
         )
         assert result is not None
         return result
+
+    async def create(self, manifest: Mapping[str, Any]) -> bool:
+        """Create an object unless one of that name exists; whether it was created. For what
+        is made once and never read back (a Secret: the operator may create Secrets, not
+        read them)."""
+        meta = manifest["metadata"]
+        base = _KINDS[(manifest["apiVersion"], manifest["kind"])].format(namespace=meta["namespace"])
+        try:
+            await self.request("POST", base, resource=manifest["kind"].lower() + "s",
+                               params={"fieldManager": FIELD_MANAGER}, body=manifest)
+        except ApiError as error:
+            if error.status == 409:
+                return False
+            raise
+        return True
 
     async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
         """Delete a child; one already gone is fine."""
@@ -188,3 +240,88 @@ class KubeClient:
             resource=PLURAL, params={"fieldManager": FIELD_MANAGER}, body=patch,
             content_type="application/merge-patch+json", missing_ok=True,
         )
+
+    async def post_event(
+        self, md: Mapping[str, Any], *, name: str, type_: str, reason: str, message: str,
+        component: str, instance: str,
+    ) -> bool:
+        """Post an Event about a ModelDeployment under a fixed name; False if an Event of that
+        name exists already (posted before a crash, or by another replica): once per name."""
+        meta = md["metadata"]
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        body = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": name, "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelDeployment", "name": meta["name"],
+                               "namespace": meta["namespace"], "uid": meta.get("uid"),
+                               "resourceVersion": meta.get("resourceVersion")},
+            "type": type_, "reason": reason, "message": message[:1024], "count": 1,
+            "source": {"component": component}, "reportingComponent": component, "reportingInstance": instance,
+            "firstTimestamp": now[:19] + "Z", "lastTimestamp": now[:19] + "Z",
+        }
+        try:
+            await self.request("POST", f"/api/v1/namespaces/{meta['namespace']}/events", resource="events", body=body)
+        except ApiError as error:
+            if error.status == 409:
+                return False
+            raise
+        return True
+
+    # -- the Lease of leader election ------------------------------------------------------
+
+    def _lease_path(self, namespace: str, name: str | None = None) -> str:
+        base = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
+        return base if name is None else f"{base}/{name}"
+
+    async def create_lease(self, namespace: str, lease: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Create a Lease; None if one of that name exists already."""
+        try:
+            return await self.request("POST", self._lease_path(namespace), resource="leases", body=lease)
+        except ApiError as error:
+            if error.status == 409:
+                return None
+            raise
+
+    async def replace_lease(self, namespace: str, lease: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Replace a Lease, with its resourceVersion as a precondition; None on a conflict
+        (someone else wrote it since it was read)."""
+        try:
+            return await self.request("PUT", self._lease_path(namespace, lease["metadata"]["name"]),
+                                      resource="leases", body=lease)
+        except ApiError as error:
+            if error.status == 409:
+                return None
+            raise
+
+    async def watch_lease(self, namespace: str, name: str) -> AsyncIterator[dict[str, Any] | None]:
+        """The Lease now, then each change (None while it does not exist); runs until cancelled.
+        One watch request, restarted where it stopped when the server ends it."""
+        selector = {"fieldSelector": f"metadata.name={name}"}
+        while True:
+            listed = await self.request("GET", self._lease_path(namespace), resource="leases", params=selector)
+            assert listed is not None
+            items = listed.get("items") or []
+            yield items[0] if items else None
+            version = listed["metadata"]["resourceVersion"]
+            while version is not None:
+                params = {**selector, "watch": "true", "allowWatchBookmarks": "true", "resourceVersion": version,
+                          "timeoutSeconds": "300"}
+                session = self._open(prompt=True)
+                assert self._info is not None
+                url = self._info.server.rstrip("/") + self._lease_path(namespace)
+                async with session.get(url, params=params, timeout=aiohttp.ClientTimeout(total=None, sock_read=330)) as answer:
+                    API_REQUESTS.labels("WATCH", "leases", str(answer.status)).inc()
+                    if answer.status != 200:
+                        version = None  # relist
+                        break
+                    async for line in answer.content:
+                        event = json.loads(line)
+                        obj = event["object"]
+                        if event["type"] == "ERROR":
+                            version = None  # 410 Gone: the version is too old; relist
+                            break
+                        version = obj["metadata"].get("resourceVersion", version)
+                        if event["type"] in ("ADDED", "MODIFIED"):
+                            yield obj
+                        elif event["type"] == "DELETED":
+                            yield None

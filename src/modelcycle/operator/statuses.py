@@ -231,10 +231,10 @@ def build_status(
     status: dict[str, Any] = {
         "observedGeneration": generation,
         "conditions": conditions,
-        "production": {"version": str(production["version"]), "image": production["image"], **prod_observed},
+        "production": {"version": str(production["version"]), "image": production.get("image", ""), **prod_observed},
     }
     if shadow:
-        status["shadow"] = {"version": str(shadow["version"]), "image": shadow["image"], **sh_observed}
+        status["shadow"] = {"version": str(shadow["version"]), "image": shadow.get("image", ""), **sh_observed}
     if comparison is not None:
         status["comparison"] = dict(comparison)
     elif old.get("comparison"):
