@@ -271,6 +271,35 @@ class ColumnMonitoring(_Strict):
         "must also show; 0 turns the effect-size rule off")
 
 
+DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(s|m|h|d))+$"
+
+
+def duration_seconds(text: str) -> float:
+    """Seconds in a duration such as 30s, 90m, 1h30m, 24h or 7d."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    return sum(float(n) * units[u] for n, _, u in re.findall(r"([0-9]+(\.[0-9]+)?)(s|m|h|d)", text))
+
+
+class RetrainSpec(_Strict):
+    """When a breach found on live traffic retrains the model with no human (`modelcycle loop`),
+    and the guard rails around it. One retraining runs at a time: a new version serving as
+    shadow counts as running until its verdict."""
+
+    triggers: list[Literal["drift", "performance"]] = Field(
+        default=["drift", "performance"], description="The verdicts that start a retraining: dataset drift, and the "
+        "live metric under the goal")
+    cooldown: Annotated[str, Field(pattern=DURATION_PATTERN)] = Field(
+        default="6h", description="The least time between the starts of two retrainings, such as 30m or 6h")
+    max_per_day: Annotated[int, Field(ge=1)] = Field(
+        default=3, description="The most retrainings started in any 24 hours")
+    min_rows: Annotated[int, Field(ge=1)] = Field(
+        default=500, description="Live rows the window must hold before its drift can start a retraining")
+
+    @property
+    def cooldown_seconds(self) -> float:
+        return duration_seconds(self.cooldown)
+
+
 class MonitoringSpec(_Strict):
     """What counts as drift on live traffic, and over which window."""
 
@@ -279,18 +308,19 @@ class MonitoringSpec(_Strict):
     correction: Literal["fdr", "bonferroni", "none"] = Field(
         default="fdr", description="Multiple-testing correction of the p-value tests across columns: Benjamini-"
         "Hochberg (fdr), Bonferroni, or none")
-    window: Annotated[str, Field(pattern=r"^([0-9]+(\.[0-9]+)?(s|m|h|d))+$")] = Field(
+    window: Annotated[str, Field(pattern=DURATION_PATTERN)] = Field(
         default="24h", description="Span of recent traffic compared with the reference, such as 1h, 24h or 7d")
     confidence: Annotated[float, Field(ge=0.5, lt=1)] = Field(
         default=0.95, description="Confidence level of the live metric's interval")
     columns: dict[str, ColumnMonitoring] = Field(default={}, description="Per input column: test and thresholds")
     prediction: ColumnMonitoring = Field(
         default=ColumnMonitoring(), description="Test and thresholds for the prediction-score distribution")
+    retrain: RetrainSpec = Field(default=RetrainSpec(), description="When a breach retrains the model, and its "
+                                 "guard rails (`modelcycle loop`)")
 
     @property
     def window_seconds(self) -> float:
-        units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-        return sum(float(n) * units[u] for n, _, u in re.findall(r"([0-9]+(\.[0-9]+)?)(s|m|h|d)", self.window))
+        return duration_seconds(self.window)
 
 
 class ProjectSpec(_Strict):

@@ -242,14 +242,16 @@ def test_the_operator_runs_a_batch_with_only_the_charts_rbac(
 ) -> None:
     """The real operator, authenticated as the chart's ServiceAccount, applies the CronJob,
     watches the runs' pods and fills status.batch.lastRun (here from kwok's fake completion),
-    and may not read Secrets or create Jobs."""
+    and may not read Secrets or create pods (Jobs only for retraining)."""
     helm(control_plane, "install", "mcb", str(CHART), "--namespace", namespace, "--wait=false")
     try:
         account = f"system:serviceaccount:{namespace}:mcb-modelcycle-operator"
         can = lambda verb, resource: control_plane.kubectl(  # noqa: E731
             "auth", "can-i", verb, resource, "-n", namespace, "--as", account, check=False).stdout.strip() == "yes"
         assert can("patch", "cronjobs.batch") and can("watch", "pods")
-        assert not can("get", "secrets") and not can("create", "jobs.batch") and not can("create", "pods")
+        # Jobs: the retraining runs of spec.monitoring.retrain; never pods, never Secrets read.
+        assert not can("get", "secrets") and can("create", "jobs.batch") and not can("delete", "jobs.batch")
+        assert not can("create", "pods")
         token = control_plane.kubectl("create", "token", "mcb-modelcycle-operator", "-n", namespace).stdout.strip()
         config = yaml.safe_load(Path(control_plane.kubeconfig).read_text())
         config["users"] = [{"name": "operator", "user": {"token": token}}]

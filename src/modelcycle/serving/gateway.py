@@ -26,22 +26,23 @@ entries and bounds its memory (see `modelcycle.monitoring.predictions`); ``/metr
 counts what it deleted and dropped. A full disk never touches a production answer.
 ``GET /shadow/comparison`` and the ``modelcycle_shadow_*`` gauges of ``GET /metrics`` report
 `compare_shadow` over the log under the promotion policy, recomputed at most every
-`comparison_ttl_s` seconds, in a
-worker process of its own (`compare_followed_log`): it parses only what was appended since
-its last look, and its pandas and statistics never hold this process's GIL while requests
+`comparison_ttl_s` seconds, in a worker process of its own (`compare_followed_log`): it
+parses only what was appended since its last look, keeps a few numbers per request rather
+than the entries, and its pandas and statistics never hold this process's GIL while requests
 wait. Given production's reference profile (``--reference-profile``), ``GET /metrics`` also
 exports the monitoring figures of `monitor_followed_log` over the profile's window, computed
 in the same worker: per-column drift scores and flags (``modelcycle_drift_*``), data set and
 prediction drift, missing rates, and the live goal metrics on the labelled rows with their
 intervals (``modelcycle_live_*``). The request path only adds production's score to the
 ``modelcycle_prediction_score`` histogram; no metric is labelled by request. ``GET /docs``
-(and ``/docs.json``) is the serving contract (`modelcycle.serving.contract`):
-every route with an example request and answer, and what a record's warnings mean. Production's
-answers, warnings included, reach the client unchanged.
+(and ``/docs.json``) is the serving contract (`modelcycle.serving.contract`): every route
+with an example request and answer, and what a record's warnings mean. Production's answers,
+warnings included, reach the client unchanged.
 
 The policy's thresholds are read again from `policy_file` when it changes, so a
 Kubernetes ConfigMap mounted as a directory can change them without a restart, which would
-empty the log on an emptyDir. A 500 answer never carries an exception's text: it is logged.
+empty the log on an emptyDir; so is the feedback token from `feedback_token_file` (a
+mounted Secret, rotated in place). A 500 answer never carries an exception's text: it is logged.
 
 On SIGTERM the gateway stops accepting connections, lets in-flight requests finish, gives
 queued and in-flight mirrors up to `drain_timeout_s` to complete, logs the ones left over
@@ -156,6 +157,11 @@ class GatewayConfig(BaseModel):
     feedback_token: SecretStr | None = None
     """The bearer token /feedback requires; None leaves /feedback open to anyone who can
     reach the gateway (said at startup)."""
+    feedback_token_file: Path | None = None
+    """A file holding the token, read again whenever it changes, so that a mounted Secret
+    can be rotated without a restart; it takes the place of `feedback_token`. While it is
+    missing or empty the last token read holds (`feedback_token` at first): /feedback never
+    opens because a file went away."""
     reference_profile: Path | None = None
     """The reference profile of production's version (``profile.json`` in the registry); with
     it ``/metrics`` exports drift, data quality and live performance over the profile's
@@ -368,7 +374,11 @@ class Gateway:
         self.metrics = GatewayMetrics(self.queue)
         self.metrics.registry.register(PredictionLogCollector(self))
         self._policy = config.policy
-        self._policy_mtime: float | None = None
+        self._policy_version: tuple[int, int, int] | None = None
+        """(inode, mtime, size) of the policy file last read."""
+        self._token = config.feedback_token
+        self._token_version: tuple[int, int, int] | None = None
+        """The same, of the feedback token file."""
         self._workers: list[asyncio.Task[None]] = []
         self._accepting = False
         self._production = Upstream(config.production_url, max_connections=config.max_connections)
@@ -468,7 +478,7 @@ class Gateway:
         return response
 
     async def feedback(self, request: web.Request) -> web.StreamResponse:
-        token = self.config.feedback_token
+        token = self.feedback_token()
         if token is not None and not _bearer_matches(request.headers.get("Authorization"), token):
             return web.json_response(
                 {"error": "expected Authorization: Bearer <the gateway's feedback token>", "field": "Authorization",
@@ -519,6 +529,20 @@ class Gateway:
             return _error(500, "cannot compute the shadow comparison; the gateway's log says why",
                           field=None, request_id=None)
         return web.Response(body=comparison.model_dump_json(), content_type="application/json")
+
+    async def monitoring_page(self, request: web.Request) -> web.StreamResponse:
+        """``GET /monitoring``: the monitoring result over the profile's window, as JSON (what
+        `modelcycle loop` and the operator's monitoring check read); 404 without a profile."""
+        if self.config.reference_profile is None:
+            return _error(404, "this gateway has no reference profile (--reference-profile), so it computes no "
+                          "drift", field=None, request_id=None)
+        try:
+            result = await self.monitoring()
+        except Exception:
+            logger.exception("cannot compute the monitoring result")
+            return _error(500, "cannot compute the monitoring result; the gateway's log says why",
+                          field=None, request_id=None)
+        return web.Response(body=result.model_dump_json(), content_type="application/json")
 
     async def comparison(self) -> ShadowComparison:
         """The shadow comparison over the log, recomputed in the worker process when older
@@ -572,19 +596,41 @@ class Gateway:
             return result
 
     def policy(self) -> ShadowPolicy:
-        """The promotion policy: `policy_file`'s when set, read again when its mtime changed."""
+        """The promotion policy: `policy_file`'s when set, read again when the file changed."""
         path = self.config.policy_file
         if path is None:
             return self._policy
         try:
-            mtime = path.stat().st_mtime
-            if mtime != self._policy_mtime:
+            stat = path.stat()  # through the kubelet's symlinks: a new file on every update
+            version = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+            if version != self._policy_version:
                 self._policy = ShadowPolicy.model_validate_json(path.read_bytes())
-                self._policy_mtime = mtime
+                self._policy_version = version
                 logger.info("promotion policy from %s: %s", path, self._policy.model_dump_json())
         except (OSError, ValidationError) as exc:
             logger.error("cannot read the promotion policy in %s, keeping the last one: %s", path, exc)
         return self._policy
+
+    def feedback_token(self) -> SecretStr | None:
+        """The token /feedback requires: `feedback_token_file`'s when set, read again when the
+        file changed; an unreadable or empty file keeps the last one."""
+        path = self.config.feedback_token_file
+        if path is None:
+            return self._token
+        try:
+            stat = path.stat()
+            version = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+            if version != self._token_version:
+                self._token_version = version
+                token = path.read_text().strip()
+                if not token:
+                    raise ValueError("the file is empty")
+                if self._token is not None and token != self._token.get_secret_value():
+                    logger.info("feedback token from %s replaced", path)
+                self._token = SecretStr(token)
+        except (OSError, ValueError) as exc:
+            logger.error("cannot read the feedback token in %s, keeping the last one: %s", path, exc)
+        return self._token
 
     def _flush_log(self) -> None:
         """Flush before a comparison; a full disk is the log's to count, not a reason to fail."""
@@ -728,6 +774,7 @@ def create_app(config: GatewayConfig) -> web.Application:
     app.router.add_get("/readyz", gateway.readyz)
     app.router.add_get("/metrics", gateway.metrics_page)
     app.router.add_get("/shadow/comparison", gateway.shadow_comparison)
+    app.router.add_get("/monitoring", gateway.monitoring_page)
     app.router.add_get("/docs", docs_page)
     app.router.add_get("/docs.json", docs_document)
     return app
@@ -835,6 +882,27 @@ def _error(status: int, message: str, *, field: str | None, request_id: str | No
     )
 
 
+def _profile_from_registry(parser: argparse.ArgumentParser, registry: str, model: str) -> Path | None:
+    """Production's reference profile, read from the registry into a temporary file;
+    None (and a warning) for a version registered before profiles existed."""
+    from modelcycle.artifacts import write_atomic
+    from modelcycle.registry import Registry, RegistryError, parse_model_ref
+
+    try:
+        name, ref = parse_model_ref(model)
+        profile = Registry(registry).profile(name, ref)
+    except (RegistryError, KeyError, ValueError) as exc:
+        parser.error(f"--model {model} in --registry {registry}: {exc.args[0] if exc.args else exc}")
+    if profile is None:
+        logger.warning("%s has no reference profile in %s: no drift or live metrics", model, registry)
+        return None
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="modelcycle-gateway-")) / "reference-profile.json"
+    write_atomic(path, json.dumps(profile).encode())
+    return path
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the gateway until SIGTERM or SIGINT."""
     parser = argparse.ArgumentParser(
@@ -867,15 +935,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--policy-file", type=Path,
                         help="JSON object of promotion thresholds, read again when it changes")
     parser.add_argument("--feedback-token-file", type=Path,
-                        help=f"file holding the bearer token /feedback requires (else ${FEEDBACK_TOKEN_ENV})")
-    parser.add_argument("--min-requests", type=int, default=policy.min_requests)
-    parser.add_argument("--min-agreement", type=float, default=policy.min_agreement)
-    parser.add_argument("--max-latency-ratio", type=float, default=policy.max_latency_ratio)
-    parser.add_argument("--max-error-rate", type=float, default=policy.max_error_rate)
+                        help=f"file holding the bearer token /feedback requires, read again when it changes "
+                             f"(else ${FEEDBACK_TOKEN_ENV})")
+    for name, field in ShadowPolicy.model_fields.items():  # the policy's thresholds, as it defines them
+        parser.add_argument(f"--{name.replace('_', '-')}", type=field.annotation, default=getattr(policy, name),
+                            help=f"{(field.description or '').replace('%', '%%')} (unless --policy-file "
+                                 "says otherwise)")
     parser.add_argument("--reference-profile", type=Path,
                         help="production's reference profile (profile.json): export drift and live metrics")
+    parser.add_argument("--registry", help="with --model: read production's reference profile from this registry "
+                        "(a folder or fsspec URL) at start, instead of --reference-profile")
+    parser.add_argument("--model", help="with --registry: production's version, NAME@VERSION")
     parser.add_argument("--monitoring-ttl", type=float, default=defaults["monitoring_ttl_s"], help="s")
     args = parser.parse_args(argv)
+    if (args.registry is None) != (args.model is None):
+        parser.error("--registry and --model go together: the registry to read production's profile from, and "
+                     "its version")
+    if args.registry is not None:
+        args.reference_profile = _profile_from_registry(parser, args.registry, args.model)
     if args.feedback_token_file is not None:
         try:
             token: str | None = args.feedback_token_file.read_text().strip()
@@ -904,14 +981,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                 retain_age_s=args.retain_age,
                 max_buffered_bytes=args.max_buffered_bytes,
             ),
-            policy=ShadowPolicy(
-                min_requests=args.min_requests,
-                min_agreement=args.min_agreement,
-                max_latency_ratio=args.max_latency_ratio,
-                max_error_rate=args.max_error_rate,
-            ),
+            policy=ShadowPolicy(**{name: getattr(args, name) for name in ShadowPolicy.model_fields}),
             policy_file=args.policy_file,
             feedback_token=token,
+            feedback_token_file=args.feedback_token_file,
             reference_profile=args.reference_profile,
             monitoring_ttl_s=args.monitoring_ttl,
         )

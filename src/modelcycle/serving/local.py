@@ -209,6 +209,11 @@ class LocalServing:
     feedback_token: str | None = None
     """The bearer token the gateway's /feedback requires; None makes a fresh one, written to
     WORKDIR/serve/feedback-token (readable by its owner only) and printed at start."""
+    policy_file: Path | None = None
+    """The shadow's promotion policy as a JSON file of `ShadowPolicy`, passed to the gateway
+    (which reads it again when it changes); the gateway's defaults when None."""
+    monitoring_ttl_s: float | None = None
+    """How long the gateway reuses a monitoring result (its ``--monitoring-ttl``); its default when None."""
     say: Callable[[str], None] = print
     servers: list[ServerProcess] = field(default_factory=list)
     production_version: ModelVersion | None = None
@@ -265,6 +270,10 @@ class LocalServing:
             path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(path, json.dumps(profile).encode())
             command += ["--reference-profile", str(path)]
+        if self.monitoring_ttl_s is not None:
+            command += ["--monitoring-ttl", str(self.monitoring_ttl_s)]
+        if self.policy_file is not None:
+            command += ["--policy-file", str(Path(self.policy_file).resolve())]
         token = self.feedback_token or secrets.token_urlsafe(24)
         token_file = self.workdir / "serve" / "feedback-token"
         token_file.parent.mkdir(parents=True, exist_ok=True)
@@ -279,6 +288,12 @@ class LocalServing:
         wait_ready(gateway)
         self.say(f"gateway: {gateway.url} (prediction log {log_dir})")
         self.say(f"feedback: POST {gateway.url}/feedback with 'Authorization: Bearer {token}' (also in {token_file})")
+
+    def check_alive(self) -> None:
+        """Raise `ServingError` with the end of its log if a server has exited."""
+        if dead := [s for s in self.servers if not s.alive()]:
+            raise ServingError(f"{dead[0].role} exited with code {dead[0].process.returncode}; "
+                               f"its log ({dead[0].log}) ends with:\n{dead[0].log_tail()}")
 
     def stop(self) -> None:
         """Stop every server, the gateway first; safe to call more than once."""
@@ -300,9 +315,7 @@ class LocalServing:
             self.start()
             while True:
                 time.sleep(0.5)
-                if dead := [s for s in self.servers if not s.alive()]:
-                    raise ServingError(f"{dead[0].role} exited with code {dead[0].process.returncode}; "
-                                       f"its log ({dead[0].log}) ends with:\n{dead[0].log_tail()}")
+                self.check_alive()
         except KeyboardInterrupt:
             self.say("stopping")
         finally:
