@@ -10,6 +10,7 @@ here; the ModelDeployment points the operator at it with the documented
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import os
 import signal
@@ -365,3 +366,18 @@ def _terminate(process: subprocess.Popen[bytes], *, grace_s: float) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
+
+
+def terminate_fake_pod(cluster: Cluster, namespace: str, pod: dict[str, Any], exit_code: int, message: str,
+                       started: dt.datetime) -> None:
+    """Write a container's end into a kwok pod's status, as the kubelet reports it: the pod is
+    read again first, since kwok may have written its status after `pod` was read."""
+    stamp = lambda t: t.strftime("%Y-%m-%dT%H:%M:%SZ")  # noqa: E731
+    fresh = json.loads(cluster.kubectl("get", "pod", pod["metadata"]["name"], "-n", namespace, "-o", "json").stdout)
+    container, = fresh["status"]["containerStatuses"]
+    container["state"] = {"terminated": {
+        "exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error", "message": message,
+        "startedAt": stamp(started), "finishedAt": stamp(dt.datetime.now(dt.UTC)),
+    }}
+    cluster.kubectl("patch", "pod", pod["metadata"]["name"], "-n", namespace, "--subresource=status",
+                    "--type=strategic", "-p", json.dumps({"status": {"containerStatuses": [container]}}))

@@ -30,7 +30,7 @@ import pytest
 import yaml
 from export.trained import build_project
 from fraud_example import small_spec_dict
-from modeldeployments import ModelDeployments, OperatorProcess, base_spec, wait_for
+from modeldeployments import ModelDeployments, OperatorProcess, base_spec, terminate_fake_pod, wait_for
 from test_md_chart import CHART, helm
 
 from modelcycle.cli import EXIT_INVALID_DATA
@@ -74,20 +74,6 @@ def _run_like_the_kubelet(cluster: Cluster, namespace: str, pod: dict[str, Any],
     if not message and done.returncode != 0:  # terminationMessagePolicy: FallbackToLogsOnError
         message = (done.stdout + done.stderr)[-2048:]
     return done.returncode, message
-
-
-def _terminate_fake_pod(cluster: Cluster, namespace: str, pod: dict[str, Any], exit_code: int, message: str,
-                        started: dt.datetime) -> None:
-    """Write the container's end into the pod's status, as the kubelet reports it."""
-    stamp = lambda t: t.strftime("%Y-%m-%dT%H:%M:%SZ")  # noqa: E731
-    container, = pod["status"]["containerStatuses"]
-    container["state"] = {"terminated": {
-        "exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error", "message": message,
-        "startedAt": stamp(started), "finishedAt": stamp(dt.datetime.now(dt.UTC)),
-    }}
-    patch = {"status": {"containerStatuses": [container]}}
-    cluster.kubectl("patch", "pod", pod["metadata"]["name"], "-n", namespace, "--subresource=status",
-                    "--type=strategic", "-p", json.dumps(patch))
 
 
 def _last_run(mds: ModelDeployments, exit_code: int) -> dict[str, Any] | None:
@@ -146,7 +132,7 @@ def test_a_run_of_the_cronjob_reports_rows_and_rejects_in_status(
     out = pd.read_parquet(f"{bucket}/out/scores.parquet")
     assert len(out) == 598 and set(out["model_version"]) == {"1"}
     assert json.loads(fsspec.open(f"{bucket}/out/scores.summary.json", "r").open().read()) == summary
-    _terminate_fake_pod(control_plane, namespace, pod, exit_code, message, started)
+    terminate_fake_pod(control_plane, namespace, pod, exit_code, message, started)
 
     last = wait_for(lambda: _last_run(mds, exit_code), what="status.batch.lastRun of the run")
     assert last["job"] == "fraud-batch-now" and last["exitCode"] == EXIT_INVALID_DATA and last["succeeded"] is False
@@ -182,7 +168,7 @@ def test_a_run_that_fails_before_its_summary_reports_its_log(
     started = dt.datetime.now(dt.UTC)
     exit_code, message = _run_like_the_kubelet(control_plane, namespace, pod, tmp_path)
     assert exit_code == 2 and "no file at" in message
-    _terminate_fake_pod(control_plane, namespace, pod, exit_code, message, started)
+    terminate_fake_pod(control_plane, namespace, pod, exit_code, message, started)
 
     last = wait_for(lambda: _last_run(mds, exit_code), what="status.batch.lastRun of the run")
     assert last["exitCode"] == 2 and last["succeeded"] is False and "rows" not in last

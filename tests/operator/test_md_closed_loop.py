@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 import yaml
 from fraud_example import load_generator, small_spec_dict
-from modeldeployments import ModelDeployments, OperatorProcess, free_port, wait_for
+from modeldeployments import ModelDeployments, OperatorProcess, free_port, terminate_fake_pod, wait_for
 
 from modelcycle import signing
 from modelcycle.cluster import Cluster
@@ -120,28 +120,12 @@ def _play_pod(cluster: Cluster, namespace: str, job: str, *, mounts: list[Path],
     started = dt.datetime.now(dt.UTC)
     done = eng.run(*args, container["image"], *container["command"], check=False, timeout=900)
     message = termination_log.read_text() or (done.stdout + done.stderr)[-2000:]
-    stamp = lambda t: t.strftime("%Y-%m-%dT%H:%M:%SZ")  # noqa: E731
-    fresh = json.loads(cluster.kubectl("get", "pod", pod["metadata"]["name"], "-n", namespace, "-o", "json").stdout)
-    status, = fresh["status"]["containerStatuses"]
-    status["state"] = {"terminated": {"exitCode": done.returncode, "reason": "Completed" if not done.returncode
-                                      else "Error", "message": message, "startedAt": stamp(started),
-                                      "finishedAt": stamp(dt.datetime.now(dt.UTC))}}
-    cluster.kubectl("patch", "pod", pod["metadata"]["name"], "-n", namespace, "--subresource=status",
-                    "--type=strategic", "-p", json.dumps({"status": {"containerStatuses": [status]}}))
+    terminate_fake_pod(cluster, namespace, pod, done.returncode, message, started)
     return done.returncode, message + (done.stdout + done.stderr)[-3000:] * bool(done.returncode)
 
 
 def _attempts(mds: ModelDeployments) -> list[dict[str, Any]]:
     return ((mds.get("fraud").get("status") or {}).get("retraining") or {}).get("attempts") or []
-
-
-def _new_key(path: Path) -> None:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    path.write_bytes(Ed25519PrivateKey.generate().private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    path.chmod(0o600)
 
 
 @dataclass
@@ -181,7 +165,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Project:
     load_generator().generate(4000, seed=5).to_parquet(project.data, index=False)
     # A signing key of the tests' own: the local processes read it from the environment, the
     # Job's container from the Secret named by retrain.secretName.
-    _new_key(project.key)
+    signing.new_key(project.key)
     _write_spec(project)
     first = subprocess.run([str(BIN / "modelcycle"), "run", str(project.spec_file), "--workdir", str(root / "v1"),
                             "--registry", str(project.registry), "--store", str(project.store)],

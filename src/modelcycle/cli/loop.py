@@ -94,8 +94,13 @@ class LocalLoop:
         try:
             self.registry.get(name, "champion")
         except ModelNotFound:
+            from modelcycle.cli.project import TrainingFailed
+
             self.say(f"[b]{name}[/] has no champion yet: training the first version")
-            version = self._train()
+            try:
+                version = self._train()
+            except TrainingFailed as exc:
+                raise _fail(str(exc), exc.code) from None
             if version.status == "rejected":
                 raise _fail(f"{name}@{version.version} failed its gates, so there is nothing to serve: "
                             + "; ".join(g.describe() for g in version.gates if not g.passed))

@@ -248,9 +248,10 @@ class Monitor:
             if not running.get("shadowSet"):
                 if shadow == str(running["version"]):
                     running["shadowSet"] = True
-                else:  # the registered version becomes the shadow; the promotion gate decides
-                    edited = await self.client.patch_md(md["metadata"]["namespace"], md["metadata"]["name"],
-                                                        {"spec": {"shadow": {"version": str(running["version"])}}})
+                else:  # the registered version becomes the shadow, served from the registry (no bento
+                    # image: one set by hand meanwhile would serve another version); the gate decides
+                    edited = await self.client.patch_md(md["metadata"]["namespace"], md["metadata"]["name"], {
+                        "spec": {"shadow": {"version": str(running["version"]), "image": None}}})
                     return MonitoringPass(None, None, None, 0.0, edited)
             elif shadow != str(running["version"]):  # promoted, or removed by the gate (or by hand)
                 promoted = str(spec["production"]["version"]) == str(running["version"])
