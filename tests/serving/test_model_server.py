@@ -121,7 +121,8 @@ def test_a_server_trusting_other_keys_refuses_and_names_both(served, tmp_path):
     assert "no such file" in log  # the signing key named but absent: an error, not a new key
 
     server = start_model_server(str(served.registry.uri), "fraud@1", workdir=tmp_path, role="public-only",
-                                env={signing.TRUSTED_ENV: public, "HOME": str(tmp_path / "no-home")})
+                                env={signing.TRUSTED_ENV: public, signing.KEY_ENV: "",  # no signing key at all
+                                     "HOME": str(tmp_path / "no-home")})
     try:
         code = server.process.wait(timeout=120)
     finally:

@@ -22,6 +22,7 @@ hold across restarts; a loop started while a challenger exists serves it as shad
 from __future__ import annotations
 
 import json
+import signal
 import time
 import urllib.error
 import urllib.request
@@ -266,6 +267,13 @@ def loop(
         raise _fail(f"--policy: {policy} is not a file", EXIT_USAGE)
     runner = LocalLoop(spec_path=spec, workdir=workdir, registry_uri=registry, port=port, host=host,
                        policy_file=policy, say=lambda text: console.print(text, highlight=False, soft_wrap=True))
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # Said, not inherited: a process started with SIGINT ignored (a background job) must stop
+    # on Ctrl-C or SIGTERM all the same, and stop its servers.
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         runner.start()
         console.print(f"looking every {every:g} s; Ctrl-C stops")
@@ -277,7 +285,11 @@ def loop(
     except (RegistryError, ServingError, RuntimeError) as exc:
         raise _fail(str(exc), EXIT_FAILURE) from None
     finally:
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)  # let the gateway flush its log
         runner.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 # -- the demo ---------------------------------------------------------------------------------

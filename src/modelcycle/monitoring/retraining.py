@@ -36,7 +36,6 @@ from typing import Literal
 from filelock import FileLock, Timeout
 from pydantic import BaseModel, Field
 
-from modelcycle.artifacts import write_atomic
 from modelcycle.spec import RetrainSpec
 
 Trigger = Literal["drift", "performance"]
@@ -168,6 +167,8 @@ class RetrainLedger:
         return _Ledger.model_validate_json(self.path.read_bytes()) if self.path.exists() else _Ledger()
 
     def _write(self, ledger: _Ledger) -> None:
+        from modelcycle.artifacts import write_atomic  # not at the top: the operator image has no joblib
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(self.path, ledger.model_dump_json(indent=2).encode())
 
