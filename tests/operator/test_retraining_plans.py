@@ -9,7 +9,7 @@ import json
 import pytest
 
 from modelcycle.operator import promotion
-from modelcycle.operator.retraining import kfp_parameters, next_check, retrain_job, run_outcome
+from modelcycle.operator.retraining import Monitor, kfp_parameters, next_check, retrain_job, run_outcome
 
 NOW = dt.datetime(2026, 11, 29, 12, 7, 30, tzinfo=dt.UTC)
 
@@ -68,3 +68,33 @@ def test_a_shadow_named_by_alias_is_promoted_as_the_number_it_served() -> None:
     assert json.loads(patch["metadata"]["annotations"][promotion.LAST_PROMOTION])["to"] == "4"
     # Two versions seen (the alias moved during the comparison): nothing to pin it to.
     assert promotion.promotion_patch(md, reason="r", served=["4", "5"])["spec"]["production"]["version"] == "challenger"
+
+
+class _RefusingClient:
+    """A fake API client that refuses every write (as an API server would without the Job RBAC)."""
+
+    async def apply(self, manifest):
+        raise RuntimeError("jobs.batch is forbidden: User cannot create resource")
+
+    async def request(self, *args, **kwargs):
+        return None
+
+
+async def test_a_retraining_that_cannot_start_is_said_in_status_and_does_not_stop_the_pass() -> None:
+    md = _md(monitoring={"schedule": "@every 1m", "retrain": {"enabled": True, "specConfigMap": "s",
+                                                            "storeUri": "s3://ml/data", "minRows": 10}})
+    events: list[dict] = []
+
+    async def read_gateway(md, path):
+        return {"verdict": "drift", "rows": 50, "reasons": ["prediction drift"]}, None
+
+    async def post_event(md, **event):
+        events.append(event)
+
+    monitor = Monitor(client=_RefusingClient(), image="modelcycle/modelcycle-python:0.1.0",
+                      read_gateway=read_gateway, post_event=post_event)
+    found = await monitor.check(md, NOW)
+    assert found.drifted[:2] == ("True", "DataDrift")
+    assert "cannot start a retraining: jobs.batch is forbidden" in found.monitoring["error"]
+    assert found.retraining is None  # no attempt recorded: the next check tries again
+    assert [e["reason"] for e in events] == ["DriftDetected"]

@@ -228,9 +228,15 @@ class Monitor:
         requeue: float | None = None
         edited = None
 
+        problem = None  # a retraining that cannot be started or followed must not stop production's reconciling
         running = next((a for a in attempts if a["outcome"] in ("training", "shadow")), None)
         if running is not None and running["outcome"] == "training":
-            ended = await self._run_ended(md, running)
+            try:
+                ended = await self._run_ended(md, running)
+            except Exception as exc:  # noqa: BLE001 - said in status, tried again at the next poll
+                logger.warning("%s/%s: cannot read retraining %s: %s", md["metadata"]["namespace"],
+                               md["metadata"]["name"], running["number"], exc)
+                ended, problem = None, f"cannot read retraining {running['number']}: {exc}"[:500]
             if ended is None:
                 requeue = POLL_S
             else:
@@ -272,7 +278,12 @@ class Monitor:
             due = next_check(monitoring.get("schedule", "0 * * * *"), now, now)
             retrain = monitoring.get("retrain") or {}
             if result is not None and retrain.get("enabled"):
-                started = await self._maybe_retrain(md, result, attempts, now)
+                try:
+                    started = await self._maybe_retrain(md, result, attempts, now)
+                except Exception as exc:  # noqa: BLE001 - said in status, tried again at the next check
+                    logger.warning("%s/%s: cannot start a retraining: %s", md["metadata"]["namespace"],
+                                   md["metadata"]["name"], exc)
+                    started, problem = None, f"cannot start a retraining: {exc}"[:500]
                 if started is not None:
                     attempts.append(started)
                     requeue = POLL_S
@@ -285,7 +296,7 @@ class Monitor:
         requeue = wait if requeue is None else min(requeue, wait)
         monitoring_status = {"checkedAt": checked_at, "nextCheckAt": _stamp(due), "drifted": drifted[0],
                              **({"result": result} if result is not None else {}),
-                             **({"error": error} if error else {})}
+                             **({"error": "; ".join(e for e in (error, problem) if e)} if error or problem else {})}
         return MonitoringPass(monitoring_status, {"attempts": attempts[-KEEP_ATTEMPTS:]} if attempts else None,
                               drifted, requeue, edited)
 
