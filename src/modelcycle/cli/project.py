@@ -248,9 +248,13 @@ def _run(spec_path: Path, workdir: Path, registry: str | None, store: str | None
 
 def _failure_reason(lines: list[str]) -> str:
     """The last exception of the failed task, out of the kfp log: its first line and the
-    indented lines that follow it, up to the first blank one."""
+    indented lines that follow it, up to the first blank one. modelcycle's own exceptions
+    come first: in a process that ran the pipeline before (`modelcycle loop`), kfp's logging
+    may add "--- Logging error ---" tracebacks of its own after the task's."""
     lines = [_PhaseProgress._color.sub("", line).strip() for line in lines]
-    for i in range(len(lines) - 1, -1, -1):
+    ours = [i for i, line in enumerate(lines) if re.match(r"^modelcycle\.[\w.]+(Error|Exception): ", line)]
+    candidates = ours[-1:] or range(len(lines) - 1, -1, -1)
+    for i in candidates:
         if re.match(r"^[\w.]+(Error|Exception): ", lines[i]):
             j = i
             while j + 1 < len(lines) and lines[j + 1]:
