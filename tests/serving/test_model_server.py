@@ -35,6 +35,15 @@ def start_model_server(registry: str, model: str, *, workdir: Path, env: dict[st
                          cwd=workdir)
 
 
+def _refusal(server: ServerProcess) -> tuple[int | None, str]:
+    """Wait for a server expected to refuse its version: its exit code and its log."""
+    try:
+        code = server.process.wait(timeout=120)
+    finally:
+        stop_process(server)
+    return code, server.log_tail(5000)
+
+
 @pytest.fixture(scope="module")
 def model_server(served, tmp_path_factory) -> Iterator[ServerProcess]:
     """The champion (version 1) of the serving tests' registry."""
@@ -94,11 +103,7 @@ def _tampered_copy(served, tmp_path: Path) -> Path:
 def test_a_tampered_version_is_refused_and_the_server_never_listens(served, tmp_path):
     root = _tampered_copy(served, tmp_path)
     server = start_model_server(str(root), "fraud@2", workdir=tmp_path)
-    try:
-        code = server.process.wait(timeout=120)
-    finally:
-        stop_process(server)
-    log = server.log_tail(5000)
+    code, log = _refusal(server)
     assert code == REFUSED, log
     assert f"refusing to serve fraud@2 from {root}" in log
     assert "model fraud version 2" in log and "does not match" in log
@@ -112,22 +117,14 @@ def test_a_server_trusting_other_keys_refuses_and_names_both(served, tmp_path):
     signed_by = served.registry.get("fraud", 1).signature.key_id
     server = start_model_server(str(served.registry.uri), "fraud@1", workdir=tmp_path, env={
         signing.KEY_ENV: str(other.with_name("absent")), signing.TRUSTED_ENV: public})
-    try:
-        code = server.process.wait(timeout=120)
-    finally:
-        stop_process(server)
-    log = server.log_tail(5000)
+    code, log = _refusal(server)
     assert code == REFUSED, log
     assert "no such file" in log  # the signing key named but absent: an error, not a new key
 
     server = start_model_server(str(served.registry.uri), "fraud@1", workdir=tmp_path, role="public-only",
                                 env={signing.TRUSTED_ENV: public, signing.KEY_ENV: "",  # no signing key at all
                                      "HOME": str(tmp_path / "no-home")})
-    try:
-        code = server.process.wait(timeout=120)
-    finally:
-        stop_process(server)
-    log = server.log_tail(5000)
+    code, log = _refusal(server)
     assert code == REFUSED, log
     assert f"signed by key {signed_by}, which is not trusted here" in log
     assert f"expected one of {signing.key_id(signing.Keyring.from_environment({signing.KEY_ENV: str(other)}).signer().public_key())}" in log
