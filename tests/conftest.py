@@ -54,6 +54,22 @@ def spec(project):
     return load_spec(project)
 
 
+def pytest_sessionfinish(session) -> None:
+    """A test worker (pytest-xdist) hands its property-based case counts to the controller."""
+    from property_cases import CASES
+
+    if hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["property_cases"] = dict(CASES)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    """The controller adds up the counts of each worker as it stops."""
+    from property_cases import CASES
+
+    CASES.update(getattr(node, "workeroutput", {}).get("property_cases", {}))
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
     from property_cases import CASES
 

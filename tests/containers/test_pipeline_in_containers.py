@@ -10,6 +10,7 @@ The register task signs with a key given in its environment (``MODELCYCLE_SIGNIN
 the PEM text, as a Secret's key set as a variable would be), like the S3 credentials."""
 
 import json
+import uuid
 from datetime import UTC, datetime
 
 import pytest
@@ -23,9 +24,11 @@ from modelcycle.pipelines import run_local
 from modelcycle.registry import Registry
 
 
-def _container_starts(engine, since: str) -> list[dict]:
+def _container_starts(engine, since: str, label: str) -> list[dict]:
+    """The starts of containers labelled `label` (tests running beside this one start
+    containers of the same image)."""
     out = engine.run("events", "--stream=false", "--since", since, "--filter", "event=start",
-                     "--filter", "type=container", "--format", "json").stdout
+                     "--filter", "type=container", "--filter", f"label={label}", "--format", "json").stdout
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
@@ -49,11 +52,14 @@ def test_pipeline_runs_each_task_in_a_container_on_object_storage(container_engi
     pem = (tmp_path / "signing-key").read_text()
 
     since = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    runner = local.DockerRunner(network_mode="host", environment={**object_store.env, signing.KEY_ENV: pem})
+    run_id = uuid.uuid4().hex
+    runner = local.DockerRunner(network_mode="host", environment={**object_store.env, signing.KEY_ENV: pem},
+                                labels={"modelcycle-test": run_id})
     result = run_local(spec_path, workdir=workdir, store_uri=f"{bucket}/data", registry_uri=f"{bucket}/registry",
                        runner=runner)
 
-    starts = [e for e in _container_starts(container_engine, since) if PYTHON_IMAGE in e.get("Image", "")]
+    starts = [e for e in _container_starts(container_engine, since, f"modelcycle-test={run_id}")
+              if PYTHON_IMAGE in e.get("Image", "")]
     candidates = len(spec["training"]["candidates"])
     # plan, ingest, validate, one train per candidate, evaluate, register: each its own container
     assert len(starts) == 5 + candidates, starts
