@@ -12,15 +12,25 @@ the first left in place), created at once through the API. It prints:
   Services, a ConfigMap, without the owner reference and under another managed-by label,
   so the running operator ignores them), created directly, until every object exists and
   every Deployment is Available. That is the API server, controller-manager, scheduler and kwok alone; the
-  operator cannot be faster;
+  operator cannot be faster. The floor's objects are then deleted (its namespace, waited
+  for until gone): the API server's ClusterIP allocator lists every IPAddress of the
+  cluster at each allocation, so Services left in place make later ones dearer;
+- then an ideal operator, played by the bench: the same ModelDeployments, and for each the
+  writes this operator's output needs at the least, each the cheapest way (plain POSTs of
+  the children owned by it, its feedback Secret, its Rollout Event, one status write once
+  both Deployments are Available), with no reconciling work at all. Its time next to the
+  floor's is what the ModelDeployment objects themselves cost the control plane (their
+  creates and status writes, the garbage collector's share for the owner references):
+  no operator with these outputs can beat it on the same machine. It is deleted too,
+  and the running operator's selector (`MODELCYCLE_SELECTOR`) leaves it alone;
 - the operator's resident memory once everything is Ready;
 - the API requests the operator makes over 60 idle seconds (target: about 0), counted by
   the operator itself (`modelcycle_operator_api_requests_total`, which excludes kopf's
   watches) and by the API server (`apiserver_request_total` for the resources the
   operator touches; watches are counted when they start).
 
-Each figure is printed next to its target, and the burst's next to the floor as a ratio
-(all Ready <= 1.3x the floor at 100 and 500, the operator's reaction p50 <= 1 s at 100,
+Each figure is printed next to its target, and the burst's next to the floor as a ratio,
+and to the ideal operator's (all Ready <= 1.3x the floor at 100 and 500, the operator's reaction p50 <= 1 s at 100,
 one at a time within 0.1 s of the floor), with the requests the operator sent per
 ModelDeployment. `--restart` then stops the operator and starts a new one over everything
 the run created: it must converge without writing a child that is already as wanted (the
@@ -40,8 +50,11 @@ cluster sized for hundreds of Deployments would (`--default-qps` keeps the defau
 shows the floor it gives). The operator's own reaction is printed too: apply -> the
 ModelDeployment's children created.
 
+`--apiserver-pprof DIR` writes the API server's CPU profile (Go's pprof, in 5-second
+slices) of each burst's floor, ideal-operator and operator phases, for `go tool pprof -top`.
+
 Run: .venv/bin/python bench/operator_scale.py [--sizes 100 500] [--idle 60] [--restart] [--no-floor]
-     [--default-qps] [--py-spy BINARY --profile FILE]
+     [--default-qps] [--py-spy BINARY --profile FILE] [--apiserver-pprof DIR]
 """
 
 from __future__ import annotations
@@ -60,6 +73,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +82,7 @@ import yaml
 
 from modelcycle.cluster import Cluster, ControlPlane, ControlPlaneSettings
 from modelcycle.cluster.pki import ClusterPKI
-from modelcycle.operator import resources
+from modelcycle.operator import resources, statuses
 from modelcycle.operator.settings import OperatorSettings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,7 +113,7 @@ class RaisedQpsControlPlane(ControlPlane):
 
 
 class Api:
-    """Just enough of the API for the bench: create, and watch a collection."""
+    """Just enough of the API for the bench: create, watch a collection, profile the server."""
 
     def __init__(self, kubeconfig: Path) -> None:
         config = yaml.safe_load(kubeconfig.read_text())
@@ -120,11 +134,51 @@ class Api:
         await self.session.close()
 
     async def create(self, path: str, body: dict[str, Any]) -> float:
+        await self.post(path, body)
+        return time.monotonic()
+
+    async def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST (create) `body`; the object the API server answered."""
         assert self.session is not None
         async with self.session.post(self.server + path, json=body) as answer:
             if answer.status != 201:
                 raise RuntimeError(f"POST {path}: {answer.status} {await answer.text()}")
-        return time.monotonic()
+            return await answer.json()
+
+    async def patch_status(self, path: str, status: dict[str, Any]) -> None:
+        assert self.session is not None
+        async with self.session.patch(self.server + path + "/status", json={"status": status},
+                                      headers={"Content-Type": "application/merge-patch+json"}) as answer:
+            if answer.status != 200:
+                raise RuntimeError(f"PATCH {path}/status: {answer.status} {await answer.text()}")
+
+    async def delete_namespace(self, namespace: str, deadline: float) -> float:
+        """Delete `namespace` and wait until it is gone with everything in it; the seconds taken."""
+        assert self.session is not None
+        began = time.monotonic()
+        async with self.session.delete(f"{self.server}/api/v1/namespaces/{namespace}") as answer:
+            if answer.status not in (200, 202):
+                raise RuntimeError(f"DELETE namespace {namespace}: {answer.status} {await answer.text()}")
+        while time.monotonic() < deadline:
+            async with self.session.get(f"{self.server}/api/v1/namespaces/{namespace}") as answer:
+                if answer.status == 404:
+                    return time.monotonic() - began
+            await asyncio.sleep(0.5)
+        raise RuntimeError(f"namespace {namespace} still there")
+
+    async def cpu_profiles(self, folder: Path, prefix: str, stop: asyncio.Event) -> list[Path]:
+        """The API server's CPU profile (Go's pprof, on by default) in 5-second slices until
+        `stop` is set; the slices, which `go tool pprof` merges when given together."""
+        assert self.session is not None
+        slices = []
+        while not stop.is_set():
+            async with self.session.get(self.server + "/debug/pprof/profile", params={"seconds": "5"}) as answer:
+                if answer.status != 200:
+                    raise RuntimeError(f"pprof: {answer.status} {await answer.text()}")
+                path = folder / f"{prefix}-{len(slices):03d}.pb.gz"
+                path.write_bytes(await answer.read())
+                slices.append(path)
+        return slices
 
     async def watch_until(self, path: str, names: set[str], done: Any, deadline: float) -> dict[str, float]:
         """Watch `path` until `done(object)` held for every name; name -> monotonic time."""
@@ -170,21 +224,112 @@ def model_deployment(name: str) -> dict[str, Any]:
 FLOOR_MANAGER = "modelcycle-bench-floor"
 PATHS = {"Deployment": "/apis/apps/v1/namespaces/{namespace}/deployments",
          "Service": "/api/v1/namespaces/{namespace}/services",
-         "ConfigMap": "/api/v1/namespaces/{namespace}/configmaps"}
+         "ConfigMap": "/api/v1/namespaces/{namespace}/configmaps",
+         "Secret": "/api/v1/namespaces/{namespace}/secrets",
+         "Event": "/api/v1/namespaces/{namespace}/events"}
+IDEAL_LABEL = "modelcycle.io/bench-ideal"
+"""ModelDeployments of the ideal-operator phase carry it; the running operator's selector excludes them."""
 
 
-def floor_children(namespace: str, name: str) -> list[dict[str, Any]]:
+def floor_children(namespace: str, name: str, owner: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """The children the operator applies for a ModelDeployment `name`, to create directly:
-    no owner (there is none), and a managed-by label the operator does not watch."""
-    md = {"metadata": {"name": name, "namespace": namespace, "uid": "floor"}, "spec": model_deployment(name)["spec"]}
+    no owner (unless `owner`, the ModelDeployment, is given), and a managed-by label the
+    operator does not watch."""
+    md = owner or {"metadata": {"name": name, "namespace": namespace, "uid": "floor"},
+                   "spec": model_deployment(name)["spec"]}
     children = resources.desired_children(md, gateway_image=OperatorSettings().gateway_image)
     for child in children:
-        child["metadata"].pop("ownerReferences")
+        if owner is None:
+            child["metadata"].pop("ownerReferences")
         child["metadata"]["labels"]["app.kubernetes.io/managed-by"] = FLOOR_MANAGER
         template = child.get("spec", {}).get("template")
         if template:
             template["metadata"]["labels"]["app.kubernetes.io/managed-by"] = FLOOR_MANAGER
     return children
+
+
+async def run_ideal(api: Api, *, namespace: str, size: int, cpu: Any, pprof: Path | None) -> dict[str, Any]:
+    """An ideal operator, played by the bench with no work of its own to speak of: for each
+    ModelDeployment, the writes this operator's output needs at the least, each the cheapest
+    way: the ModelDeployment created, its feedback Secret, its five children and one Event
+    created with plain POSTs (owned by it, so the garbage collector's share is there too),
+    and one status write once both Deployments are Available. All Ready, next to the
+    floor's, is the cost of the ModelDeployment objects themselves: a bound no operator
+    with these outputs can beat on this machine."""
+    deadline = time.monotonic() + 600
+    md_path = f"/apis/modelcycle.io/v1alpha1/namespaces/{namespace}/modeldeployments"
+    slots = asyncio.Semaphore(32)
+    objects: dict[str, dict[str, Any]] = {}
+    summaries: dict[str, dict[tuple[str, str], Any]] = {}
+    names = [f"md-{i}" for i in range(size)]
+    every = {f"{n}-{part}" for n in names for part in ("production", "gateway")}
+    watcher = asyncio.create_task(api.watch_until(
+        f"/apis/apps/v1/namespaces/{namespace}/deployments", every, deployment_available, deadline))
+    await asyncio.sleep(0.2)
+    cpu_before = cpu()
+    stop = asyncio.Event()
+    sampler = asyncio.create_task(api.cpu_profiles(pprof, f"{namespace}", stop)) if pprof else None
+    began = time.monotonic()
+
+    async def create(name: str) -> None:
+        body = model_deployment(name)
+        body["metadata"]["labels"] = {IDEAL_LABEL: "true"}
+        async with slots:
+            md = objects[name] = await api.post(md_path, body)
+        children = floor_children(namespace, name, owner=md)
+        secret = resources.feedback_secret(md)
+        secret["metadata"]["labels"]["app.kubernetes.io/managed-by"] = FLOOR_MANAGER
+        async with slots:
+            answers = await asyncio.gather(
+                *(api.post(PATHS[child["kind"]].format(namespace=namespace), child) for child in [secret, *children]),
+                api.post(PATHS["Event"].format(namespace=namespace), rollout_event(md)),
+            )
+        summaries[name] = {(child["kind"], child["metadata"]["name"]): statuses.summarize(child)
+                           for child in answers[1:-1]}
+
+    await asyncio.gather(*(create(name) for name in names))
+    available = await watcher
+    # One status write each, in the order the ModelDeployments became Available (as an
+    # operator woken by the events would): the ones Available first are written first.
+    ready_at = {}
+
+    async def write_status(name: str) -> None:
+        md = objects[name]
+        found = summaries[name]
+        for part in ("production", "gateway"):
+            key = ("Deployment", resources.child_name(name, part))
+            # What the watch showed: rolled out, one pod available.
+            found[key] = {**found[key], "observedGeneration": found[key]["generation"], "statusReplicas": 1,
+                          "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1}
+        status = statuses.build_status(md, children=found, wanted_hashes={k: v["hash"] for k, v in found.items()},
+                                       comparison=None, verdict=None, now=datetime.now(UTC))
+        assert md_ready({"status": status}), status
+        async with slots:
+            await api.patch_status(f"{md_path}/{name}", status)
+        ready_at[name] = time.monotonic()
+
+    order = sorted(names, key=lambda n: max(available.get(f"{n}-{p}", 0) for p in ("production", "gateway")))
+    await asyncio.gather(*(write_status(name) for name in order))
+    result = {"total": max(ready_at.values()) - began, "cpu": difference(cpu(), cpu_before),
+              "ready": sum(1 for n in names if n in ready_at), "profiles": []}
+    stop.set()
+    if sampler is not None:
+        result["profiles"] = await sampler
+    return result
+
+
+def rollout_event(md: dict[str, Any]) -> dict[str, Any]:
+    """The Event the operator posts when it creates a production Deployment."""
+    meta = md["metadata"]
+    return {
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {"apiVersion": md["apiVersion"], "kind": md["kind"], "name": meta["name"],
+                           "namespace": meta["namespace"], "uid": meta["uid"]},
+        "reason": "Rollout", "type": "Normal", "source": {"component": FLOOR_MANAGER},
+        "message": "production version 3 (fraud:3-abc, 1 replicas) created",
+        "firstTimestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
 
 
 async def create_floor(api: Api, namespace: str, names: list[str]) -> dict[str, float]:
@@ -198,23 +343,49 @@ async def create_floor(api: Api, namespace: str, names: list[str]) -> dict[str, 
 
 
 async def run_batch(api: Api, *, namespace: str, size: int, floor: bool, metrics_port: int,
-                    cpu: Any) -> dict[str, Any]:
+                    cpu: Any, pprof: Path | None = None) -> dict[str, Any]:
     deadline = time.monotonic() + 600
     cpu_floor = cpu()
+    profiles: dict[str, list[Path]] = {}
+
+    def profiling(phase: str) -> tuple[asyncio.Event, asyncio.Task[list[Path]] | None]:
+        stop = asyncio.Event()
+        if pprof is None:
+            return stop, None
+        return stop, asyncio.create_task(api.cpu_profiles(pprof, f"{namespace}-{phase}", stop))
+
+    async def profiled(phase: str, stop: asyncio.Event, task: asyncio.Task[list[Path]] | None) -> None:
+        stop.set()
+        if task is not None:
+            profiles[phase] = await task
+
     if floor:
         names = {f"d{i}-{part}" for i in range(size) for part in ("production", "gateway")}
         path = f"/apis/apps/v1/namespaces/{namespace}-floor/deployments"
         watcher = asyncio.create_task(api.watch_until(path, names, deployment_available, deadline))
         await asyncio.sleep(0.2)
+        stop, sampler = profiling("floor")
         began = time.monotonic()
         created = await create_floor(api, f"{namespace}-floor", [f"d{i}" for i in range(size)])
         every_object_created = time.monotonic()
         ready = await watcher
+        await profiled("floor", stop, sampler)
         # Done when every object exists and every Deployment is Available: the operator's
         # Ready waits for its Services too.
         floor_total = max(*ready.values(), every_object_created) - began
         cpu_floor = difference(cpu(), cpu_floor)
         floor_latencies = [ready[n] - created[n] for n in ready]
+        # The floor's objects go before the operator's burst: the API server's ClusterIP
+        # allocator lists every IPAddress of the cluster at each allocation, so the floor's
+        # Services left in place would make the operator's dearer than the floor's were.
+        cleared = await api.delete_namespace(f"{namespace}-floor", deadline)
+        await asyncio.sleep(2)
+        ideal = await run_ideal(api, namespace=f"{namespace}-ideal", size=size, cpu=cpu, pprof=pprof)
+        if ideal["profiles"]:
+            profiles["ideal operator"] = ideal["profiles"]
+        await api.delete_namespace(f"{namespace}-ideal", time.monotonic() + 600)
+        await asyncio.sleep(2)
+        deadline = time.monotonic() + 600
     names = {f"md-{i}" for i in range(size)}
     path = f"/apis/modelcycle.io/v1alpha1/namespaces/{namespace}/modeldeployments"
     watcher = asyncio.create_task(api.watch_until(path, names, md_ready, deadline))
@@ -230,12 +401,14 @@ async def run_batch(api: Api, *, namespace: str, size: int, floor: bool, metrics
     requests_before, passes_before = operator_request_counts(metrics_port), operator_passes(metrics_port)
     seconds_before = operator_request_seconds(metrics_port)
     cpu_operator = cpu()
+    stop, sampler = profiling("operator")
     began = time.monotonic()
     created = await _create_all(api, path, [model_deployment(n) for n in sorted(names)])
     ready = await watcher
     applied = await children
     rolled_out = await available
     cpu_operator = difference(cpu(), cpu_operator)
+    await profiled("operator", stop, sampler)
     await asyncio.sleep(1)  # the last status writes and Events
     requests = difference(operator_request_counts(metrics_port), requests_before)
     passes = operator_passes(metrics_port) - passes_before
@@ -258,11 +431,14 @@ async def run_batch(api: Api, *, namespace: str, size: int, floor: bool, metrics
         "latency": latency,
         "cpu": cpu_operator,
         "ready_lag_p50": statistics.median(lags) if lags else float("nan"),
+        "profiles": profiles,
     }
     if floor:
         result["floor_total"] = floor_total
         result["floor_p50"] = statistics.median(floor_latencies)
         result["cpu_floor"] = cpu_floor
+        result["cleared"] = cleared
+        result["ideal"] = ideal
     return result
 
 
@@ -393,7 +569,8 @@ class OperatorRun:
         with log.open("ab") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "modelcycle.operator"], stdout=out, stderr=subprocess.STDOUT,
-                env={**os.environ, **cluster.env, "MODELCYCLE_METRICS_PORT": str(self.metrics_port)},
+                env={**os.environ, **cluster.env, "MODELCYCLE_METRICS_PORT": str(self.metrics_port),
+                     "MODELCYCLE_SELECTOR": f"!{IDEAL_LABEL}"},
                 start_new_session=True,
             )
         self.started = time.monotonic()
@@ -446,8 +623,16 @@ def print_batch(result: dict[str, Any]) -> None:
     print(line, flush=True)
     if "floor_total" in result:
         print(f"     floor, the same {5 * size} objects created directly: create->Available p50 "
-              f"{result['floor_p50']:.2f} s", flush=True)
-        print("     " + ratio_line("all Ready", result["total"], result["floor_total"]), flush=True)
+              f"{result['floor_p50']:.2f} s (then deleted, in {result['cleared']:.0f} s, before the operator's burst)",
+              flush=True)
+        ideal = result["ideal"]
+        print(f"     ideal operator (the bench's plain POSTs of the same objects, the ModelDeployments, their "
+              f"Secrets and Events, one status write each): {ideal['ready']}/{size} Ready in {ideal['total']:.1f} s = "
+              f"{ideal['total'] / result['floor_total']:.2f}x the floor: what the ModelDeployment objects "
+              f"themselves cost", flush=True)
+        print(f"     CPU seconds, ideal operator: {ideal['cpu']}", flush=True)
+        print("     " + ratio_line("all Ready", result["total"], result["floor_total"])
+              + f"; {result['total'] / ideal['total']:.2f}x the ideal operator's", flush=True)
     else:
         print(f"     all Ready in {result['total']:.1f} s (no floor measured)", flush=True)
     reaction = f"     the operator's reaction, apply->children created: p50 {result['reaction_p50']:.2f} s"
@@ -465,6 +650,8 @@ def print_batch(result: dict[str, Any]) -> None:
     requests = result["requests"]
     print(f"     the operator sent {int(sum(requests.values()))} requests, "
           f"{sum(requests.values()) / size:.1f} per ModelDeployment: {requests}", flush=True)
+    for phase, slices in result["profiles"].items():
+        print(f"     the API server's CPU profile, {phase}: go tool pprof -top {' '.join(map(str, slices))}", flush=True)
 
 
 def main() -> None:
@@ -478,9 +665,13 @@ def main() -> None:
                         help="then restart the operator over everything created and measure its convergence")
     parser.add_argument("--py-spy", metavar="BINARY", help="a py-spy executable, to sample the operator")
     parser.add_argument("--profile", metavar="FILE", type=Path, help="where py-spy writes the collapsed stacks")
+    parser.add_argument("--apiserver-pprof", metavar="DIR", type=Path,
+                        help="write the API server's CPU profile of each burst (floor and operator apart) here")
     args = parser.parse_args()
     if bool(args.py_spy) != bool(args.profile):
         parser.error("--py-spy and --profile go together")
+    if args.apiserver_pprof:
+        args.apiserver_pprof.mkdir(parents=True, exist_ok=True)
     # SIGTERM unwinds like an exception, so the operator and the control plane are stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
@@ -498,7 +689,7 @@ def main() -> None:
                 break
             time.sleep(0.5)
         for size in args.sizes:
-            for suffix in ("", "-floor"):
+            for suffix in ("", "-floor", "-ideal"):
                 cluster.kubectl("create", "namespace", f"bench-{size}{suffix}")
                 cluster.kubectl("wait", "--for=create", "--timeout=30s", "-n", f"bench-{size}{suffix}",
                                 "serviceaccount/default")
@@ -517,7 +708,7 @@ def main() -> None:
                     for size in args.sizes:
                         print_batch(await run_batch(
                             api, namespace=f"bench-{size}", size=size, floor=args.floor,
-                            metrics_port=operator.metrics_port,
+                            metrics_port=operator.metrics_port, pprof=args.apiserver_pprof,
                             cpu=lambda: cpu_seconds(str(cluster.kubeconfig.parent), operator.process.pid)))
 
             asyncio.run(batches())
