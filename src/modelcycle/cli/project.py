@@ -7,6 +7,7 @@ schema the last data version was validated with.
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import sys
 from pathlib import Path
@@ -203,7 +204,7 @@ def train(spec_path: Path, workdir: Path, registry: str | None, store: str | Non
     with screen.status("starting") as status, open(log_path, "w") as log:
         progress = _PhaseProgress(status, log, screen)
         try:
-            with contextlib.redirect_stdout(progress), contextlib.redirect_stderr(log):
+            with contextlib.redirect_stdout(progress), contextlib.redirect_stderr(log), _root_handlers_kept():
                 result = run_local(spec_path, workdir=workdir, registry_uri=registry, store_uri=store)
         except RuntimeError as exc:
             tail = log_path.read_text().splitlines()
@@ -213,6 +214,21 @@ def train(spec_path: Path, workdir: Path, registry: str | None, store: str | Non
                                  code) from None
     name, ref = parse_model_ref(result.model_version)
     return _registry(registry, workdir).get(name, ref), result
+
+
+@contextlib.contextmanager
+def _root_handlers_kept():
+    """Put the root logger's handlers back as they were. kfp.local calls `logging.info()`
+    outside its own logging context, and with no handler on the root logger that calls
+    `logging.basicConfig()`: a handler on the stderr of the moment, this run's log file,
+    which is closed once the run ends. A second run in the same process (`modelcycle loop`)
+    then wrote "--- Logging error ---" tracebacks for every message logged."""
+    root = logging.getLogger()
+    handlers = root.handlers[:]
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
 
 
 from modelcycle.monitoring.retraining import RUN_RESULT_ENV
@@ -249,8 +265,8 @@ def _run(spec_path: Path, workdir: Path, registry: str | None, store: str | None
 def _failure_reason(lines: list[str]) -> str:
     """The last exception of the failed task, out of the kfp log: its first line and the
     indented lines that follow it, up to the first blank one. modelcycle's own exceptions
-    come first: in a process that ran the pipeline before (`modelcycle loop`), kfp's logging
-    may add "--- Logging error ---" tracebacks of its own after the task's."""
+    come first, ahead of any a library logs after the task's (kfp's logging did, in a second
+    run in one process, before `_root_handlers_kept`)."""
     lines = [_PhaseProgress._color.sub("", line).strip() for line in lines]
     ours = [i for i, line in enumerate(lines) if re.match(r"^modelcycle\.[\w.]+(Error|Exception): ", line)]
     candidates = ours[-1:] or range(len(lines) - 1, -1, -1)
