@@ -14,7 +14,7 @@ import pytest
 from modeldeployments import POLICY, ModelDeployments, OperatorProcess, base_spec, wait_for
 from typer.testing import CliRunner
 
-from modelcycle.operator.cli import md_app
+from modelcycle.cli.md import md_app
 
 pytestmark = pytest.mark.cluster
 

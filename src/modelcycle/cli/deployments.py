@@ -1,5 +1,5 @@
-"""`modelcycle md`: the ModelDeployments on the cluster, through the operator's own commands
-(`modelcycle.operator.cli`), loaded only when `md` runs.
+"""`modelcycle md`: the ModelDeployments on the cluster, through the commands of
+`modelcycle.cli.md`, loaded only when `md` runs.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ commands = typer.Typer()
 )
 def md(ctx: typer.Context) -> None:
     """ModelDeployments on the cluster: promote | rollback | status ([b]modelcycle md --help[/] for more)."""
-    # Loaded on use: the operator package imports kopf and aiohttp, which
-    # would add seconds to every other command's start.
-    from modelcycle.operator.cli import md_app
+    # Loaded on use: the operator package (the promotion patches) imports kopf and aiohttp,
+    # which would add seconds to every other command's start.
+    from modelcycle.cli.md import md_app
 
     md_app(args=ctx.args, prog_name="modelcycle md")

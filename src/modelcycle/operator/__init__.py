@@ -15,7 +15,8 @@ cluster or a gateway run by hand; the tests use it to point at a real local gate
 The pieces: `resources` (the children's manifests), `statuses` (conditions from the
 children), `promotion` (the verdict, and how a promotion edits the spec), `reconciling`
 (one level-triggered loop per ModelDeployment), `clients` (the API calls), `settings`
-(the operator's environment), `cli` (`modelcycle md ...`).
+(the operator's environment). `modelcycle md ...` lives with the other commands
+(`modelcycle.cli.md`).
 """
 
 from modelcycle.operator import handlers

@@ -9,7 +9,7 @@
 - `status NAME` shows the versions, conditions and the latest shadow comparison.
 
 They talk to the cluster with kubectl (`modelcycle.cluster.Cluster`), so they use the
-same kubeconfig and credentials as kubectl. Mount with `app.add_typer(md_app, name="md")`.
+same kubeconfig and credentials as kubectl. `modelcycle md` (`deployments`) loads them on use.
 """
 
 from __future__ import annotations
