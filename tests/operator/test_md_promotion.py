@@ -9,14 +9,17 @@ ModelDeployment points the operator at the gateway with `modelcycle.io/gateway-u
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from modeldeployments import POLICY, ModelDeployments, OperatorProcess, base_spec, wait_for
-from typer.testing import CliRunner
-
-from modelcycle.cli.md import md_app
 
 pytestmark = pytest.mark.cluster
+
+CONSOLE_SCRIPT = Path(sys.executable).parent / "modelcycle"
 
 SHADOW = {"version": 4, "image": "fraud:4-def", "mirrorPercent": 100}
 
@@ -68,9 +71,13 @@ def test_auto_mode_promotes_a_shadow_that_agrees(
 
 
 def md_cli(mds: ModelDeployments, *args: str) -> str:
-    result = CliRunner().invoke(md_app, [*args, "-n", mds.namespace], env=mds.cluster.env)
-    assert result.exit_code == 0, result.output
-    return result.output
+    """`modelcycle md ...` as a reader runs it: the console script, with only HOME, a plain
+    PATH and the cluster's KUBECONFIG."""
+    env = {"HOME": os.environ["HOME"], "PATH": "/usr/bin:/bin", **mds.cluster.env}
+    result = subprocess.run([str(CONSOLE_SCRIPT), "md", *args, "-n", mds.namespace], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
 
 
 def test_manual_mode_waits_for_approval(mds: ModelDeployments, operator: OperatorProcess, gateway_for) -> None:
