@@ -17,8 +17,8 @@ the first left in place), created at once through the API. It prints:
   cluster at each allocation, so Services left in place make later ones dearer;
 - then an ideal operator, played by the bench: the same ModelDeployments, and for each the
   writes this operator's output needs at the least, each the cheapest way (plain POSTs of
-  the children owned by it, its feedback Secret, its Rollout Event, one status write once
-  both Deployments are Available), with no reconciling work at all. Its time next to the
+  the children owned by it, its feedback Secret, its Rollout Event, one status write as
+  soon as both Deployments are Available), with no reconciling work at all. Its time next to the
   floor's is what the ModelDeployment objects themselves cost the control plane (their
   creates and status writes, the garbage collector's share for the owner references):
   no operator with these outputs can beat it on the same machine. It is deleted too,
@@ -74,6 +74,7 @@ import tempfile
 import time
 import urllib.request
 from datetime import UTC, datetime
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -181,10 +182,11 @@ class Api:
         return slices
 
     async def watch_until(self, path: str, names: set[str], done: Any, deadline: float,
-                          first_seen: dict[str, float] | None = None) -> dict[str, float]:
+                          first_seen: dict[str, float] | None = None,
+                          on_done: Callable[[str], None] | None = None) -> dict[str, float]:
         """Watch `path` until `done(object)` held for every name; name -> monotonic time.
         `first_seen` gets the time of each name's first event (one watch for both, so every
-        phase of the bench decodes the same streams)."""
+        phase of the bench decodes the same streams); `on_done(name)` is called as each is done."""
         assert self.session is not None
         seen: dict[str, float] = {}
         timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
@@ -208,6 +210,8 @@ class Api:
                         first_seen[name] = time.monotonic()
                     if name in names and name not in seen and done(obj):
                         seen[name] = time.monotonic()
+                        if on_done is not None:
+                            on_done(name)
         return seen
 
 
@@ -258,23 +262,18 @@ async def run_ideal(api: Api, *, namespace: str, size: int, cpu: Any, pprof: Pat
     ModelDeployment, the writes this operator's output needs at the least, each the cheapest
     way: the ModelDeployment created, its feedback Secret, its five children and one Event
     created with plain POSTs (owned by it, so the garbage collector's share is there too),
-    and one status write once both Deployments are Available. All Ready, next to the
-    floor's, is the cost of the ModelDeployment objects themselves: a bound no operator
-    with these outputs can beat on this machine."""
+    and one status write as soon as both its Deployments are Available. Ready is seen by
+    the same watch as in the operator's phase. All Ready, next to the floor's, is the cost
+    of the ModelDeployment objects themselves: a bound no operator with these outputs can
+    beat on this machine."""
     deadline = time.monotonic() + 600
     md_path = f"/apis/modelcycle.io/v1alpha1/namespaces/{namespace}/modeldeployments"
     slots = asyncio.Semaphore(32)
     objects: dict[str, dict[str, Any]] = {}
     summaries: dict[str, dict[tuple[str, str], Any]] = {}
-    names = [f"md-{i}" for i in range(size)]
-    every = {f"{n}-{part}" for n in names for part in ("production", "gateway")}
-    watcher = asyncio.create_task(api.watch_until(
-        f"/apis/apps/v1/namespaces/{namespace}/deployments", every, deployment_available, deadline))
-    await asyncio.sleep(0.2)
-    cpu_before = cpu()
-    stop = asyncio.Event()
-    sampler = asyncio.create_task(api.cpu_profiles(pprof, f"{namespace}", stop)) if pprof else None
-    began = time.monotonic()
+    created = {f"md-{i}": asyncio.Event() for i in range(size)}
+    available: dict[str, int] = {}
+    writes: list[asyncio.Task[None]] = []
 
     async def create(name: str) -> None:
         body = model_deployment(name)
@@ -291,16 +290,11 @@ async def run_ideal(api: Api, *, namespace: str, size: int, cpu: Any, pprof: Pat
             )
         summaries[name] = {(child["kind"], child["metadata"]["name"]): statuses.summarize(child)
                            for child in answers[1:-1]}
-
-    await asyncio.gather(*(create(name) for name in names))
-    available = await watcher
-    # One status write each, in the order the ModelDeployments became Available (as an
-    # operator woken by the events would): the ones Available first are written first.
-    ready_at = {}
+        created[name].set()
 
     async def write_status(name: str) -> None:
-        md = objects[name]
-        found = summaries[name]
+        await created[name].wait()
+        md, found = objects[name], summaries[name]
         for part in ("production", "gateway"):
             key = ("Deployment", resources.child_name(name, part))
             # What the watch showed: rolled out, one pod available.
@@ -311,12 +305,30 @@ async def run_ideal(api: Api, *, namespace: str, size: int, cpu: Any, pprof: Pat
         assert md_ready({"status": status}), status
         async with slots:
             await api.patch_status(f"{md_path}/{name}", status)
-        ready_at[name] = time.monotonic()
 
-    order = sorted(names, key=lambda n: max(available.get(f"{n}-{p}", 0) for p in ("production", "gateway")))
-    await asyncio.gather(*(write_status(name) for name in order))
-    result = {"total": max(ready_at.values()) - began, "cpu": difference(cpu(), cpu_before),
-              "ready": sum(1 for n in names if n in ready_at), "profiles": []}
+    def deployment_done(deployment: str) -> None:
+        name = deployment.rsplit("-", 1)[0]
+        available[name] = available.get(name, 0) + 1
+        if available[name] == 2:  # both of its Deployments: its status, at once
+            writes.append(asyncio.create_task(write_status(name)))
+
+    ready = asyncio.create_task(api.watch_until(md_path, set(created), md_ready, deadline))
+    rolled_out = asyncio.create_task(api.watch_until(
+        f"/apis/apps/v1/namespaces/{namespace}/deployments",
+        {f"{n}-{part}" for n in created for part in ("production", "gateway")}, deployment_available, deadline,
+        on_done=deployment_done,
+    ))
+    await asyncio.sleep(0.2)
+    cpu_before = cpu()
+    stop = asyncio.Event()
+    sampler = asyncio.create_task(api.cpu_profiles(pprof, namespace, stop)) if pprof else None
+    began = time.monotonic()
+    await asyncio.gather(*(create(name) for name in created))
+    await rolled_out
+    await asyncio.gather(*writes)
+    seen = await ready
+    result = {"total": max(seen.values()) - began, "cpu": difference(cpu(), cpu_before), "ready": len(seen),
+              "profiles": []}
     stop.set()
     if sampler is not None:
         result["profiles"] = await sampler
