@@ -306,7 +306,8 @@ def test_with_the_kfp_runner_a_breach_starts_one_kubeflow_run_whose_version_beco
         mds.apply("fraud", {
             "model": "fraud", "registry": str(project.registry), "production": {"version": 1},
             "monitoring": {"schedule": "@every 2s", "retrain": {
-                "enabled": True, "runner": "kfp", "pipeline": PIPELINE_NAME, "kfp": {"host": fake.url},
+                "enabled": True, "runner": "kfp", "pipeline": PIPELINE_NAME,
+                "kfp": {"host": fake.url, "namespace": "team-fraud"},
                 "specConfigMap": "fraud-spec", "storeUri": str(project.store), "minRows": 200}},
         }, annotations={"modelcycle.io/gateway-url": gateway.url})
         _replay(gateway.url, generator.generate(300, seed=6, drift=0.9, start="2026-08-01", days=7), target, id_column)
@@ -318,7 +319,8 @@ def test_with_the_kfp_runner_a_breach_starts_one_kubeflow_run_whose_version_beco
         assert run["runtime_config"]["parameters"] == {
             "spec_yaml": project.spec_file.read_text(), "base_dir": "", "store_uri": str(project.store),
             "registry_uri": str(project.registry)}
-        assert fake.experiments[run["experiment_id"]]["display_name"] == namespace
+        experiment = fake.experiments[run["experiment_id"]]
+        assert (experiment["display_name"], experiment["namespace"]) == (namespace, "team-fraud")
         attempt, = _attempts(mds)
         assert (attempt["runner"], attempt["runId"], attempt["outcome"]) == ("kfp", run["run_id"], "training")
         assert not fake.refused, fake.refused

@@ -483,21 +483,24 @@ class Reconciler:
         return None
 
 
-_kfp_runners: dict[str, Any] = {}
+_kfp_runners: dict[tuple[str, str | None], Any] = {}
 
 
 def _kfp_runner(md: Mapping[str, Any]) -> Any:
-    """The KFP client of `spec.monitoring.retrain.kfp.host`, one per host, with the pod's
-    service-account token (KFP in the cluster accepts it) when there is one."""
+    """The KFP client of `spec.monitoring.retrain.kfp` (`host`, and on a multi-user Kubeflow
+    the profile `namespace`), one per both, with the pod's service-account token (KFP in
+    the cluster accepts it) when there is one."""
     import os
 
     from modelcycle.operator.kfp_runs import KfpRunner
 
-    host = md["spec"]["monitoring"]["retrain"]["kfp"]["host"]
-    if host not in _kfp_runners:
+    kfp = md["spec"]["monitoring"]["retrain"]["kfp"]
+    key = (kfp["host"], kfp.get("namespace"))
+    if key not in _kfp_runners:
         token = "/var/run/secrets/kubernetes.io/serviceaccount/token"
-        _kfp_runners[host] = KfpRunner(host, token_file=token if os.path.exists(token) else None)
-    return _kfp_runners[host]
+        _kfp_runners[key] = KfpRunner(kfp["host"], namespace=kfp.get("namespace"),
+                                      token_file=token if os.path.exists(token) else None)
+    return _kfp_runners[key]
 
 
 def _older(body: Mapping[str, Any], known: Mapping[str, Any] | None) -> bool:
