@@ -414,6 +414,7 @@ async def run_batch(api: Api, *, namespace: str, size: int, floor: bool, metrics
     ))
     await asyncio.sleep(0.2)
     requests_before, passes_before = operator_request_counts(metrics_port), operator_passes(metrics_port)
+    failures_before = operator_failures(metrics_port)
     seconds_before = operator_request_seconds(metrics_port)
     cpu_operator = cpu()
     stop, sampler = profiling("operator")
@@ -426,6 +427,7 @@ async def run_batch(api: Api, *, namespace: str, size: int, floor: bool, metrics
     await asyncio.sleep(1)  # the last status writes and Events
     requests = difference(operator_request_counts(metrics_port), requests_before)
     passes = operator_passes(metrics_port) - passes_before
+    failures = operator_failures(metrics_port) - failures_before
     seconds = difference(operator_request_seconds(metrics_port), seconds_before)
     latency = {key[:-4]: seconds[key] / seconds[key[:-4] + " count"] for key in seconds
                if key.endswith(" sum") and seconds.get(key[:-4] + " count")}
@@ -442,6 +444,7 @@ async def run_batch(api: Api, *, namespace: str, size: int, floor: bool, metrics
         "reaction_p50": statistics.median(reactions) if reactions else float("nan"),
         "requests": requests,
         "passes": passes,
+        "failures": failures,
         "latency": latency,
         "cpu": cpu_operator,
         "ready_lag_p50": statistics.median(lags) if lags else float("nan"),
@@ -555,6 +558,11 @@ def operator_passes(port: int) -> int:
     return int(float(found.group(1))) if found else 0
 
 
+def operator_failures(port: int) -> int:
+    found = re.search(r"^modelcycle_operator_reconcile_failures_total (\S+)$", operator_metrics(port), re.M)
+    return int(float(found.group(1))) if found else 0
+
+
 def difference(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
     return {key: round(value - before.get(key, 0), 1) for key, value in sorted(after.items())
             if value - before.get(key, 0)}
@@ -657,7 +665,7 @@ def print_batch(result: dict[str, Any]) -> None:
                      f"{'met' if result['reaction_p50'] <= REACTION_TARGET else 'NOT met'})")
     print(reaction, flush=True)
     print(f"     from both Deployments Available to Ready: p50 {result['ready_lag_p50']:.2f} s; "
-          f"{result['passes']} reconcile passes", flush=True)
+          f"{result['passes']} reconcile passes, {result['failures']} of them failed (and retried)", flush=True)
     print("     the operator's requests, mean seconds from call to answer: "
           + ", ".join(f"{key} {value:.2f}" for key, value in sorted(result["latency"].items())), flush=True)
     if "cpu_floor" in result:

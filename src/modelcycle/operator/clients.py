@@ -52,6 +52,9 @@ API_SECONDS = Histogram(
     ["verb", "resource"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 
+REQUEST_TIMEOUT_S = 30.0
+"""Seconds the API server has to answer a sent request (not counting the wait for a connection)."""
+
 PROMPT = frozenset({"modeldeployments", "modeldeployments/status", "events", "leases"})
 """Resources whose requests use the small pool of their own."""
 
@@ -145,10 +148,14 @@ class KubeClient:
             elif self._info.username:
                 basic = base64.b64encode(f"{self._info.username}:{self._info.password}".encode()).decode()
                 headers["Authorization"] = f"Basic {basic}"
+            # The 30 s are the API server's to answer in, from when the request is sent: the
+            # wait for a free connection of the pool is the operator's own queue (under a
+            # burst, thousands of writes wait there in order), and a timeout that counted it
+            # failed passes whose requests were merely queued, and sent them all again.
             self._sessions[prompt] = aiohttp.ClientSession(
                 headers=headers,
                 connector=aiohttp.TCPConnector(ssl=_ssl_context(self._info), limit=8 if prompt else 64),
-                timeout=aiohttp.ClientTimeout(total=30),
+                timeout=aiohttp.ClientTimeout(total=None, connect=None, sock_connect=10, sock_read=REQUEST_TIMEOUT_S),
             )
         return self._sessions[prompt]
 
@@ -177,7 +184,8 @@ class KubeClient:
                     async with session.request(method, url, params=params, data=data, headers=headers) as answer:
                         text = await answer.text()
                 except TimeoutError:
-                    raise TimeoutError(f"{method} {path}: no answer from the API server within 30 s") from None
+                    raise TimeoutError(f"{method} {path}: no answer from the API server within "
+                                       f"{REQUEST_TIMEOUT_S:g} s") from None
             API_REQUESTS.labels(method, resource, str(answer.status)).inc()
             if answer.status == 401 and attempt == 1:
                 await self.close()

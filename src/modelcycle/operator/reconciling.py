@@ -54,7 +54,7 @@ from typing import Any
 
 import aiohttp
 import kopf
-from prometheus_client import Histogram
+from prometheus_client import Counter, Histogram
 
 from modelcycle.operator import promotion, resources, retraining, statuses
 from modelcycle.operator.clients import ApiError, KubeClient, NotLeader
@@ -70,6 +70,9 @@ ChildKey = tuple[str, str]
 RECONCILE_SECONDS = Histogram(
     "modelcycle_operator_reconcile_seconds", "Time of one reconcile pass of a ModelDeployment.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+RECONCILE_FAILURES = Counter(
+    "modelcycle_operator_reconcile_failures", "Reconcile passes that failed (and are retried).",
 )
 
 
@@ -203,6 +206,7 @@ class Reconciler:
                     delays = self.settings.retry_delays_s
                     delay = 0.2 if isinstance(error, ApiError) and error.status == 409 else delays[min(state.failures, len(delays) - 1)]
                     state.failures += 1
+                    RECONCILE_FAILURES.inc()
                     logger.warning("reconcile of %s/%s failed (retry in %.1f s): %s", *key, delay,
                                    str(error) or type(error).__name__)
                     await self._report_failure(state, error)
