@@ -17,6 +17,7 @@ import tarfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,15 +44,21 @@ class BentoImage:
 
 
 @pytest.fixture(scope="session")
-def bento_images(container_engine, served) -> dict[int, BentoImage]:
-    """The images of versions 1 and 2, built (or found: the tag names the model and the code)."""
+def bento_images(container_engine, served) -> Iterator[dict[int, BentoImage]]:
+    """The images of versions 1 and 2, built (or found: the tag names the model and the code),
+    and removed at the end: the session's models are new, and so are their images' tags, so
+    each run would leave two more gigabyte images behind."""
     images = {}
-    for version in (1, 2):
-        bento = package(served.registry, f"fraud@{version}", workdir=served.workdir)
-        built = build_bento_image(bento, eng=container_engine)
-        print(f"{built.tag}: {built.size_mb:.0f} MB, {built.seconds:.1f} s")
-        images[version] = BentoImage(bento=bento, built=built)
-    return images
+    try:
+        for version in (1, 2):
+            bento = package(served.registry, f"fraud@{version}", workdir=served.workdir)
+            built = build_bento_image(bento, eng=container_engine)
+            print(f"{built.tag}: {built.size_mb:.0f} MB, {built.seconds:.1f} s")
+            images[version] = BentoImage(bento=bento, built=built)
+        yield images
+    finally:
+        for image in images.values():
+            container_engine.remove(image.built.tag)
 
 
 def free_port() -> int:

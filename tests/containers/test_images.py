@@ -2,6 +2,7 @@
 runnable under the operator's security context (read-only root, no capabilities)."""
 
 import json
+import uuid
 
 from modelcycle import __version__
 from modelcycle.cluster.images import OPERATOR_IMAGE, PYTHON_IMAGE
@@ -58,3 +59,26 @@ def test_an_image_saved_as_an_oci_archive_loads_back(container_engine, tmp_path)
         assert "modelcycle-operator" in loaded or "sha256:" in loaded
         labels = container_engine.inspect(OPERATOR_IMAGE)["Labels"]
         assert labels["org.opencontainers.image.version"] == __version__
+
+
+def test_a_rebuilt_tag_frees_the_image_it_replaced_unless_another_tag_holds_it(container_engine, tmp_path):
+    """`make images` after a change rebuilds the same tags: the images they named before go,
+    or every rebuild would leave a gigabyte behind."""
+    tag, keeper = f"localhost/modelcycle-test-rebuild:{uuid.uuid4().hex[:12]}", ""
+    (tmp_path / "Dockerfile").write_text(f"FROM {PYTHON_IMAGE}\n")
+    try:
+        container_engine.build(context=tmp_path, dockerfile=tmp_path / "Dockerfile", tag=tag, labels={"build": "1"})
+        first = container_engine.image_id(tag)
+        container_engine.build(context=tmp_path, dockerfile=tmp_path / "Dockerfile", tag=tag, labels={"build": "2"})
+        second = container_engine.image_id(tag)
+        assert first and second and second != first
+        assert not container_engine.exists(first)  # the replaced image is gone
+
+        keeper = tag + "-kept"
+        container_engine.run("tag", second, keeper)  # another tag holds the current image
+        container_engine.build(context=tmp_path, dockerfile=tmp_path / "Dockerfile", tag=tag, labels={"build": "3"})
+        assert container_engine.image_id(keeper) == second  # not removed: still named by `keeper`
+    finally:
+        for name in (tag, keeper):
+            if name:
+                container_engine.remove(name)

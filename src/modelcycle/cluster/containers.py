@@ -71,7 +71,17 @@ class Engine:
     def build(self, *, context: Path, dockerfile: Path, tag: str, build_args: Mapping[str, str] = {},
               labels: Mapping[str, str] = {}, log: Path | None = None) -> None:
         """Build `dockerfile` in `context` as `tag`. The host's CA bundle is mounted into the
-        build steps (podman) so package downloads pass a TLS-inspecting proxy."""
+        build steps (podman) so package downloads pass a TLS-inspecting proxy. The image the
+        tag named before is removed when no other tag names it (and no container uses it):
+        every `make images` after a change rebuilds the tag, and the old image, untagged,
+        kept its gigabyte otherwise."""
+        before = self.image_id(tag)
+        self._build(context=context, dockerfile=dockerfile, tag=tag, build_args=build_args, labels=labels, log=log)
+        if before is not None and before != self.image_id(tag) and not self.inspect(before).get("RepoTags"):
+            self.remove(before)  # untagged now: nothing names it any more
+
+    def _build(self, *, context: Path, dockerfile: Path, tag: str, build_args: Mapping[str, str],
+               labels: Mapping[str, str], log: Path | None) -> None:
         args = ["build", "-t", tag, "-f", str(dockerfile)]
         for key, value in build_args.items():
             args += ["--build-arg", f"{key}={value}"]
@@ -93,6 +103,18 @@ class Engine:
 
     def exists(self, image: str) -> bool:
         return self.run("image", "inspect", image, check=False).returncode == 0
+
+    def image_id(self, image: str) -> str | None:
+        """The id of `image` (a tag), or None if there is none."""
+        found = self.run("image", "inspect", "--format", "{{.Id}}", image, check=False)
+        if found.returncode != 0:
+            return None
+        return found.stdout.strip() or None
+
+    def remove(self, image: str) -> bool:
+        """Remove `image`, a tag (the image goes with its last tag) or an id; False, and
+        nothing removed, while a container uses it."""
+        return self.run("rmi", image, check=False).returncode == 0
 
     def inspect(self, image: str) -> dict:
         return json.loads(self.run("image", "inspect", image).stdout)[0]
