@@ -46,19 +46,22 @@ class BentoImage:
 @pytest.fixture(scope="session")
 def bento_images(container_engine, served) -> Iterator[dict[int, BentoImage]]:
     """The images of versions 1 and 2, built (or found: the tag names the model and the code),
-    and removed at the end: the session's models are new, and so are their images' tags, so
-    each run would leave two more gigabyte images behind."""
-    images = {}
+    and the ones built here removed at the end: the session's models are new, and so are
+    their images' tags, so each run would leave two more gigabyte images behind. One found
+    is left alone: another test worker may be using it."""
+    images, built_here = {}, []
     try:
         for version in (1, 2):
             bento = package(served.registry, f"fraud@{version}", workdir=served.workdir)
+            if not container_engine.exists(bento.image):
+                built_here.append(bento.image)
             built = build_bento_image(bento, eng=container_engine)
             print(f"{built.tag}: {built.size_mb:.0f} MB, {built.seconds:.1f} s")
             images[version] = BentoImage(bento=bento, built=built)
         yield images
     finally:
-        for image in images.values():
-            container_engine.remove(image.built.tag)
+        for tag in built_here:
+            container_engine.remove(tag)
 
 
 def free_port() -> int:

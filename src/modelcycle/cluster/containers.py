@@ -77,8 +77,10 @@ class Engine:
         kept its gigabyte otherwise."""
         before = self.image_id(tag)
         self._build(context=context, dockerfile=dockerfile, tag=tag, build_args=build_args, labels=labels, log=log)
-        if before is not None and before != self.image_id(tag) and not self.inspect(before).get("RepoTags"):
-            self.remove(before)  # untagged now: nothing names it any more
+        if before is not None and before != self.image_id(tag):
+            names = self.run("image", "inspect", "--format", "{{len .RepoTags}}", before, check=False)
+            if names.returncode == 0 and names.stdout.strip() == "0":
+                self.remove(before)  # untagged now: nothing names it any more
 
     def _build(self, *, context: Path, dockerfile: Path, tag: str, build_args: Mapping[str, str],
                labels: Mapping[str, str], log: Path | None) -> None:
