@@ -104,7 +104,7 @@ class Engine:
             raise EngineError(f"building {tag} failed (exit {proc.returncode}); last lines of {log}:\n{tail}")
 
     def exists(self, image: str) -> bool:
-        return self.run("image", "inspect", image, check=False).returncode == 0
+        return self.image_id(image) is not None
 
     def image_id(self, image: str) -> str | None:
         """The id of `image` (a tag), or None if there is none."""
